@@ -1,0 +1,137 @@
+"""Command line: `python -m osessl_core {train,eval,quickstart,methods}` (also installed as `osessl`).
+
+Every TrainConfig field is a flag (`--batch-size 256`, `--no-zero-pad`, ...); method parameters go through
+`-m name=value` and are checked against the method's parameter dataclass.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import types
+import typing
+from pathlib import Path
+
+from .config import TrainConfig
+
+
+def _parse_value(text: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _add_config_flags(p: argparse.ArgumentParser) -> None:
+    hints = typing.get_type_hints(TrainConfig)
+    for f in dataclasses.fields(TrainConfig):
+        if f.name == "method_args":
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        typ = hints[f.name]
+        args = typing.get_args(typ)
+        optional = typing.get_origin(typ) in (typing.Union, types.UnionType) and type(None) in args
+        base = next(a for a in args if a is not type(None)) if optional else typ
+        if base is bool:
+            p.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS)
+        else:
+            p.add_argument(flag, dest=f.name, type=base, default=argparse.SUPPRESS, metavar=base.__name__.upper())
+    p.add_argument("-m", "--method-arg", dest="method_args", action="append", default=[], metavar="NAME=VALUE",
+                   help="method parameter, e.g. -m k=8 -m tau_s=0.1 (see `methods`)")
+    p.add_argument("--config", type=Path, help="JSON config file; flags override it")
+
+
+def config_from_args(ns: argparse.Namespace) -> TrainConfig:
+    values = json.loads(ns.config.read_text()) if getattr(ns, "config", None) else {}
+    method_args = dict(values.pop("method_args", {}))
+    for item in ns.method_args:
+        if "=" not in item:
+            raise SystemExit(f"error: -m expects NAME=VALUE, got {item!r}")
+        k, v = item.split("=", 1)
+        method_args[k.strip()] = _parse_value(v)
+    skip = {"command", "config", "method_args", "func"}
+    values.update({k: v for k, v in vars(ns).items() if k not in skip})
+    return TrainConfig.from_dict({**values, "method_args": method_args})
+
+
+def cmd_train(ns) -> int:
+    from .engine import train
+    cfg = config_from_args(ns)
+    result = train(cfg)
+    if result.eval:
+        print(json.dumps(result.eval, indent=2))
+    print(f"run directory: {result.run_dir}")
+    return 0
+
+
+def cmd_eval(ns) -> int:
+    from .engine.evaluate import evaluate_run
+    from .engine.checkpoint import atomic_write_json
+    from .engine.trainer import Trainer
+    from .provenance import provenance
+    cfg = TrainConfig.load(Path(ns.run_dir) / "config.json")
+    cfg = dataclasses.replace(cfg, run_dir=ns.run_dir, resume=True, eval_knn=True, eval_linear=ns.linear,
+                              linear_epochs=ns.linear_epochs, device=ns.device, compile=False)
+    if not (Path(ns.run_dir) / "checkpoint.pt").exists():
+        raise SystemExit(f"error: no checkpoint.pt in {ns.run_dir}")
+    trainer = Trainer(cfg)
+    out = evaluate_run(trainer.method, cfg, trainer.train_set, trainer.device)
+    atomic_write_json(Path(ns.run_dir) / "eval.json", {**out, "step": trainer.step,
+                                                       "provenance": provenance(trainer.device)})
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+def cmd_quickstart(ns) -> int:
+    from .quickstart import run_quickstart
+    run_quickstart(out_dir=ns.out, data_root=ns.data_root, device=ns.device, epochs=ns.epochs)
+    return 0
+
+
+def cmd_methods(ns) -> int:
+    from .methods import METHODS
+    for name, cls in METHODS.items():
+        params = ", ".join(f"{f.name}={f.default!r}" for f in dataclasses.fields(cls.Params))
+        print(f"{name}: {params}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m osessl_core", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("train", help="pretrain a method (resumes from --run-dir), then evaluate")
+    _add_config_flags(p)
+    p.set_defaults(func=cmd_train)
+    p = sub.add_parser("eval", help="k-NN (and linear) evaluation of a run's checkpoint")
+    p.add_argument("--run-dir", required=True)
+    p.add_argument("--linear", action="store_true")
+    p.add_argument("--linear-epochs", type=int, default=500)
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_eval)
+    p = sub.add_parser("quickstart", help="ReSA vs OSESSL on CIFAR-10: pretrain, k-NN, t-SNE/UMAP plot")
+    p.add_argument("--out", default="results/quickstart")
+    p.add_argument("--data-root", default=None, help="default: ../shared/data beside the repository")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--epochs", type=int, default=None, help="default: 50 on GPU, a scaled-down run on CPU")
+    p.set_defaults(func=cmd_quickstart)
+    p = sub.add_parser("methods", help="list registered methods and their parameters")
+    p.set_defaults(func=cmd_methods)
+    return parser
+
+
+def main(argv=None) -> int:
+    ns = build_parser().parse_args(argv)
+    try:
+        return ns.func(ns)
+    except (ValueError, RuntimeError, FileNotFoundError) as e:
+        # Known user errors: one line, no traceback (set OSESSL_DEBUG=1 for the traceback).
+        import os
+        if os.environ.get("OSESSL_DEBUG"):
+            raise
+        print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

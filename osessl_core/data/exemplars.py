@@ -1,0 +1,82 @@
+"""The one-shot labeled split of OSESSL: `shots` random images per class, reproducible from a seed."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+from .datasets import DatasetError
+
+
+def select_exemplars(labels: torch.Tensor, num_classes: int | None = None, shots: int = 1,
+                     seed: int = 0) -> torch.Tensor:
+    """LongTensor [num_classes*shots] of dataset indices: class 0's shots, then class 1's, ...
+
+    Each class draws a random permutation of its images from one generator seeded with `seed` and keeps the
+    first `shots`, so for a given seed the 1-shot exemplars are the first of the 5-shot ones. The draw depends on
+    torch's randperm; save the result with save_exemplars to pin it across torch versions.
+    """
+    labels = torch.as_tensor(labels)
+    if labels.dim() != 1 or labels.numel() == 0 or labels.dtype.is_floating_point or labels.dtype == torch.bool:
+        raise DatasetError(f"labels must be a non-empty 1-D integer tensor, got {labels.dtype} {tuple(labels.shape)}")
+    if shots < 1:
+        raise DatasetError(f"shots must be >= 1, got {shots}")
+    labels = labels.long()
+    if labels.min() < 0:
+        raise DatasetError(f"labels must be >= 0, got {int(labels.min())}")
+    seen = int(labels.max()) + 1
+    if num_classes is None:
+        num_classes = seen
+    elif num_classes < seen:
+        raise DatasetError(f"num_classes={num_classes} but the labels go up to {seen - 1}")
+    counts = torch.bincount(labels, minlength=num_classes)
+    short = (counts < shots).nonzero().flatten().tolist()
+    if short:
+        c = short[0]
+        raise DatasetError(f"class {c} has {int(counts[c])} images, fewer than shots={shots} "
+                           f"({len(short)} such classes; num_classes={num_classes})")
+    generator = torch.Generator().manual_seed(seed)
+    picks = []
+    for c in range(num_classes):
+        members = (labels == c).nonzero().flatten()
+        picks.append(members[torch.randperm(len(members), generator=generator)[:shots]])
+    return torch.cat(picks)
+
+
+def save_exemplars(path: str | Path, indices, labels, classes: list[str], seed: int, shots: int) -> None:
+    """Write the chosen exemplars as JSON (atomically). `labels` are the whole dataset's labels, as given to
+    select_exemplars; the file records each exemplar's index, label and class name, plus seed and shots."""
+    indices = torch.as_tensor(indices).long().flatten()
+    labels = torch.as_tensor(labels).long().flatten()
+    if len(indices) and int(indices.max()) >= len(labels):
+        raise DatasetError(f"exemplar index {int(indices.max())} is out of range for {len(labels)} labels; "
+                           "pass the full dataset labels")
+    chosen = labels[indices].tolist()
+    record = {"seed": seed, "shots": shots, "indices": indices.tolist(), "labels": chosen,
+              "class_names": [classes[c] for c in chosen], "classes": list(classes)}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(record, f, indent=1)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def load_exemplars(path: str | Path) -> torch.Tensor:
+    """The exemplar indices saved by save_exemplars, as a LongTensor in the saved order."""
+    try:
+        record = json.loads(Path(path).read_text())
+        indices = record["indices"]
+        if not all(isinstance(i, int) and i >= 0 for i in indices):
+            raise ValueError("indices must be non-negative ints")
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise DatasetError(f"cannot read exemplars from {path} ({type(e).__name__}: {e}); "
+                           "write it with save_exemplars") from e
+    return torch.tensor(indices, dtype=torch.int64)

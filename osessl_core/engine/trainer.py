@@ -1,0 +1,247 @@
+"""The training loop: one run directory, resumable, deterministic given the seed.
+
+Run directory layout: config.json (resolved), provenance.json, exemplars.json (if the method uses exemplars),
+metrics.jsonl (one line per log interval), checkpoint.pt (atomic, latest), eval.json (after training).
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from ..config import TrainConfig
+from ..data import load_dataset
+from ..distributed import is_main_process, rank, world_size
+from ..methods import DataContext, Method, StepRandom, build_method
+from ..models import momentum_at
+from ..provenance import provenance
+from .checkpoint import atomic_write_json, check_compatible, load_checkpoint, save_checkpoint
+from .schedule import lr_at, scaled_lr
+
+
+class NonFiniteLossError(FloatingPointError):
+    pass
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    method: Method
+    step: int
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+    eval: dict[str, Any] | None = None
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {name!r} requested but CUDA is not available; use --device cpu")
+    return device
+
+
+def epoch_order(seed: int, epoch: int, n: int) -> torch.Tensor:
+    """The data order of one epoch: a function of (seed, epoch) only, so a resumed run sees the same batches."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+
+
+def seeded_subset(n_total: int, n: int, seed: int) -> torch.Tensor:
+    if n > n_total:
+        raise ValueError(f"subset={n} is larger than the dataset ({n_total} images)")
+    return torch.randperm(n_total, generator=torch.Generator().manual_seed(seed))[:n].sort().values
+
+
+def load_train_data(cfg: TrainConfig):
+    train = load_dataset(cfg.dataset, cfg.data_root, "train")
+    if cfg.subset:
+        train = train.subset(seeded_subset(len(train), cfg.subset, cfg.seed))
+    return train
+
+
+class Trainer:
+    """Holds the state of one run; `fit()` trains until the schedule (or max_steps) ends."""
+
+    def __init__(self, cfg: TrainConfig, train_set=None):
+        self.cfg = cfg
+        self.device = resolve_device(cfg.device)
+        cuda = self.device.type == "cuda"
+        self.amp = cuda if cfg.amp is None else cfg.amp
+        self.compile = cuda if cfg.compile is None else cfg.compile
+        self.channels_last = cuda if cfg.channels_last is None else cfg.channels_last
+        if cuda:
+            torch.backends.cudnn.benchmark = True
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        self.run_dir = Path(cfg.run_dir)
+        self.train_set = train_set if train_set is not None else load_train_data(cfg)
+        n = len(self.train_set)
+        if cfg.batch_size * world_size() > n:
+            raise ValueError(f"global batch {cfg.batch_size * world_size()} exceeds the {n} training images")
+        self.steps_per_epoch = n // (cfg.batch_size * world_size())  # drop_last
+        self.total_steps = self.steps_per_epoch * cfg.epochs
+        self.warmup_steps = round(cfg.warmup_epochs * self.steps_per_epoch)
+        self.peak_lr = scaled_lr(cfg.base_lr, cfg.batch_size * world_size())
+
+        torch.manual_seed(cfg.seed)  # network initialisation
+        ts = self.train_set
+        data = DataContext(num_classes=ts.num_classes, image_size=ts.images.shape[-1], mean=ts.mean, std=ts.std,
+                           train_images=ts.images, train_labels=ts.labels, classes=ts.classes)
+        self.method = build_method(cfg, data).to(self.device)
+        if self.channels_last:
+            self.method.to(memory_format=torch.channels_last)
+        params = [p for p in self.method.parameters() if p.requires_grad]
+        # Weight decay on every parameter, BN and biases included (ReSA).
+        self.optimizer = torch.optim.SGD(params, lr=self.peak_lr, momentum=cfg.sgd_momentum,
+                                         weight_decay=cfg.weight_decay, **({"fused": True} if cuda else {}))
+        self.rng = StepRandom.create(cfg.seed * world_size() + rank(), self.device)
+        self.images = self.train_set.images.to(self.device)  # resident uint8; augmented on the device
+        self.step = 0
+        self.loss_fn = torch.compile(self.method.loss_terms) if self.compile else self.method.loss_terms
+        self.metrics: list[dict[str, Any]] = []
+        self._resume_or_start()
+
+    # ---- run directory -------------------------------------------------------------------------------------
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.run_dir / "checkpoint.pt"
+
+    def _resume_or_start(self) -> None:
+        cfg = self.cfg
+        if cfg.resume and self.checkpoint_path.exists():
+            state = load_checkpoint(self.checkpoint_path)
+            check_compatible(state["config"], cfg.to_dict(), TrainConfig.IDENTITY, self.checkpoint_path)
+            try:
+                self.method.load_state_dict(state["model"])
+            except RuntimeError as e:
+                raise RuntimeError(f"checkpoint {self.checkpoint_path} does not fit this model: {e}") from e
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.rng.load_state_dict(state["rng"])
+            self.step = state["step"]
+            self._trim_metrics(self.step)
+            return
+        if is_main_process():
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            cfg.save(self.run_dir / "config.json")
+            atomic_write_json(self.run_dir / "provenance.json", provenance(self.device))
+            extra = self.method.extra_state()
+            if "exemplar_indices" in extra:
+                labels = self.train_set.labels[extra["exemplar_indices"]].tolist()
+                atomic_write_json(self.run_dir / "exemplars.json", {
+                    **extra, "labels": labels, "classes": [self.train_set.classes[i] for i in labels],
+                    "seed": cfg.seed, "dataset": cfg.dataset, "subset": cfg.subset})
+            (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
+
+    def _trim_metrics(self, step: int) -> None:
+        """Drop metric lines logged after the checkpoint we resume from (they will be logged again)."""
+        path = self.run_dir / "metrics.jsonl"
+        if path.exists() and is_main_process():
+            keep = [l for l in path.read_text().splitlines() if l and json.loads(l)["step"] <= step]
+            path.write_text("".join(l + "\n" for l in keep))
+
+    def save(self) -> None:
+        if is_main_process():
+            save_checkpoint(self.checkpoint_path, {
+                "step": self.step, "config": self.cfg.to_dict(), "model": self.method.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "rng": self.rng.state_dict()})
+
+    # ---- training ------------------------------------------------------------------------------------------
+    def train_step(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One optimisation step on a uint8 batch already on the device. Returns detached loss terms (no sync)."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr_at(self.step, self.total_steps, self.warmup_steps, self.peak_lr,
+                                self.cfg.final_lr_ratio)
+        with torch.no_grad():
+            views = self.method.make_views(batch, self.rng)
+            if self.channels_last:
+                views = {k: v.contiguous(memory_format=torch.channels_last) if v.dim() == 4 else v
+                         for k, v in views.items()}
+        self.method.momentum_update(momentum_at(self.step, self.total_steps, self.cfg.momentum_base))
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            terms, aux = self.loss_fn(views)
+        self.optimizer.zero_grad(set_to_none=True)
+        terms["loss"].backward()
+        self.optimizer.step()
+        self.method.after_step(views, aux)
+        self.step += 1
+        return {k: v.detach() for k, v in terms.items()}
+
+    def _batch(self, step: int) -> torch.Tensor:
+        epoch, it = divmod(step, self.steps_per_epoch)
+        if getattr(self, "_order_epoch", None) != epoch:
+            self._order = epoch_order(self.cfg.seed, epoch, len(self.images)).to(self.device)
+            self._order_epoch = epoch
+        b, r, w = self.cfg.batch_size, rank(), world_size()
+        start = (it * w + r) * b  # each rank takes its slice of the global batch
+        return self.images[self._order[start:start + b]]
+
+    def fit(self) -> TrainResult:
+        cfg = self.cfg
+        stop = self.total_steps if cfg.max_steps is None else min(cfg.max_steps, self.total_steps)
+        sums: dict[str, torch.Tensor] = {}
+        count, t0 = 0, time.perf_counter()
+        t_fit = t0
+        bar = tqdm(total=stop, initial=self.step, desc=f"{cfg.method} {cfg.dataset}", unit="step",
+                   disable=not (cfg.progress and is_main_process()), dynamic_ncols=True)
+        self.method.train()
+        while self.step < stop:
+            terms = self.train_step(self._batch(self.step))
+            for k, v in terms.items():  # accumulate on the device: no host sync per step
+                sums[k] = sums[k] + v if k in sums else v.clone()
+            count += 1
+            bar.update(1)
+            end_of_epoch = self.step % self.steps_per_epoch == 0
+            flush = self.step % cfg.log_every == 0 or end_of_epoch or self.step == stop
+            out_of_time = cfg.time_limit is not None and time.perf_counter() - t_fit > cfg.time_limit
+            checkpoint = ((cfg.ckpt_every and self.step % cfg.ckpt_every == 0) or end_of_epoch
+                          or self.step == stop or out_of_time)
+            if flush or checkpoint:
+                if count:
+                    row = self._log(sums, count, time.perf_counter() - t0)
+                    bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.3g}")
+                sums, count, t0 = {}, 0, time.perf_counter()
+            if checkpoint:  # only after the finiteness check in _log
+                self.save()
+            if out_of_time:
+                break
+        bar.close()
+        return TrainResult(self.run_dir, self.method, self.step, self.metrics)
+
+    def _log(self, sums: dict[str, torch.Tensor], count: int, seconds: float) -> dict[str, Any]:
+        values = {k: float(v) / count for k, v in sums.items()}  # the one host sync per interval
+        for k, v in values.items():
+            if not math.isfinite(v):
+                raise NonFiniteLossError(
+                    f"loss term {k!r} became {v} before step {self.step} (run {self.run_dir}); the last "
+                    f"checkpoint is intact: lower the learning rate or check the inputs, then resume")
+        row = {"step": self.step, "epoch": self.step / self.steps_per_epoch,
+               "lr": self.optimizer.param_groups[0]["lr"],
+               "momentum": momentum_at(self.step - 1, self.total_steps, self.cfg.momentum_base),
+               **values, "steps": count, "seconds": seconds,
+               "images_per_s": count * self.cfg.batch_size * world_size() / max(seconds, 1e-9)}
+        self.metrics.append(row)
+        if is_main_process():
+            with open(self.run_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(row) + "\n")
+        return row
+
+
+def train(cfg: TrainConfig, train_set=None) -> TrainResult:
+    """Train (resuming from `cfg.run_dir` if it holds a checkpoint), then evaluate as configured."""
+    trainer = Trainer(cfg, train_set)
+    result = trainer.fit()
+    if (cfg.eval_knn or cfg.eval_linear) and is_main_process() and trainer.step >= trainer.total_steps:
+        from .evaluate import evaluate_run
+        result.eval = evaluate_run(trainer.method, cfg, trainer.train_set, trainer.device)
+        rows = [json.loads(l) for l in (trainer.run_dir / "metrics.jsonl").read_text().splitlines() if l]
+        atomic_write_json(trainer.run_dir / "eval.json", {
+            **result.eval, "step": trainer.step, "epochs": cfg.epochs,
+            "train_seconds": sum(r["seconds"] for r in rows),  # across resumed processes; excludes start-up
+            "provenance": provenance(trainer.device)})
+    return result

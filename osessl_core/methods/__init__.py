@@ -1,0 +1,23 @@
+"""Method registry: adding a method is one new module plus one line here."""
+from __future__ import annotations
+
+from ..config import resolve_params
+from .base import DataContext, Method, StepRandom, TwinMethod
+from .osessl import OSESSL
+from .resa import ReSA
+
+METHODS: dict[str, type[Method]] = {
+    "resa": ReSA,
+    "osessl": OSESSL,
+}
+
+
+def build_method(cfg, data: DataContext) -> Method:
+    name = cfg.method.lower()
+    if name not in METHODS:
+        raise ValueError(f"unknown method {cfg.method!r}; registered: {sorted(METHODS)}")
+    cls = METHODS[name]
+    return cls(cfg, resolve_params(cls.Params, dict(cfg.method_args), name), data)
+
+
+__all__ = ["METHODS", "build_method", "Method", "TwinMethod", "DataContext", "StepRandom"]

@@ -1,0 +1,115 @@
+"""The interface every method implements, and the online/momentum twin that ReSA-style methods share.
+
+The engine calls, per step: `views = method.make_views(images_u8, rng)` (augmentation, mixing and any other
+randomness, drawn from the run's generators), `method.momentum_update(m)`, `terms, aux = method.loss_terms(views)`
+(the differentiable part, compiled on GPU: scalar terms including the total "loss", plus auxiliary tensors),
+backward and the optimiser step, then `method.after_step(views, aux)` (memory updates).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..models import build_encoder, build_predictor, build_projector, ema_update_, momentum_copy
+
+
+@dataclass
+class StepRandom:
+    """All per-step randomness of a run: `device` drives augmentation and permutations (no host sync);
+    `host` draws scalars such as the mixup coefficient (Beta has no torch generator support)."""
+    device: torch.Generator
+    host: np.random.Generator
+
+    @classmethod
+    def create(cls, seed: int, device: torch.device) -> "StepRandom":
+        gen = torch.Generator(device=device)
+        gen.manual_seed(seed)
+        return cls(gen, np.random.default_rng(seed))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"device": self.device.get_state(), "host": self.host.bit_generator.state}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.device.set_state(state["device"].cpu())
+        self.host.bit_generator.state = state["host"]
+
+
+@dataclass
+class DataContext:
+    """What a method may know about the data when it is built."""
+    num_classes: int
+    image_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    train_images: torch.Tensor   # uint8 N x 3 x H x W (for exemplar selection)
+    train_labels: torch.Tensor
+    classes: list[str]
+
+
+class Method(nn.Module):
+    """Base class: subclasses set `name`, `Params` (a dataclass) and implement the four step hooks."""
+    name: str = ""
+    Params: type = object
+
+    def make_views(self, images: torch.Tensor, rng: StepRandom) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def momentum_update(self, m: float) -> None:
+        pass
+
+    def loss_terms(self, views: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def after_step(self, views: dict[str, torch.Tensor], aux: dict[str, torch.Tensor]) -> None:
+        pass
+
+    def eval_encoder(self) -> nn.Module:
+        """The network whose features are evaluated (the momentum encoder for ReSA-style methods)."""
+        raise NotImplementedError
+
+    def extra_state(self) -> dict[str, Any]:
+        """JSON-able facts saved with the run (e.g. exemplar indices)."""
+        return {}
+
+
+class TwinMethod(Method):
+    """Online encoder+projector (+ optional predictor) and their momentum copy."""
+
+    def __init__(self, cfg, data: DataContext):
+        super().__init__()
+        self.encoder = build_encoder(cfg.arch, cfg.width, cfg.zero_pad)
+        self.projector = build_projector(self.encoder.out_dim, cfg.proj_hidden, cfg.proj_out)
+        self.predictor = build_predictor(cfg.proj_out, cfg.proj_hidden) if cfg.predictor else None
+        self.momentum_encoder = momentum_copy(self.encoder)
+        self.momentum_projector = momentum_copy(self.projector)
+
+    def online(self) -> list[nn.Module]:
+        return [self.encoder, self.projector]
+
+    def momentum_update(self, m: float) -> None:
+        # Called before the momentum forward, i.e. with the parameters of the previous optimiser step (ReSA).
+        ema_update_(self.momentum_encoder, self.encoder, m)
+        ema_update_(self.momentum_projector, self.projector, m)
+
+    def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Online (h, g(h)) for one forward; BN sees each call as its own batch (ReSA). g(h) is unnormalised."""
+        h = self.encoder(x)
+        return h, self.projector(h)
+
+    def predict(self, g: torch.Tensor) -> torch.Tensor:
+        """normalize(pred(g)) with a predictor, else normalize(g): the online embedding used by L_cluster."""
+        return F.normalize(g if self.predictor is None else self.predictor(g), dim=1)
+
+    @torch.no_grad()
+    def momentum_embed(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # The teacher runs in train mode (batch statistics), like ReSA's momentum network.
+        h = self.momentum_encoder(x)
+        return h, F.normalize(self.momentum_projector(h), dim=1)
+
+    def eval_encoder(self) -> nn.Module:
+        return self.momentum_encoder

@@ -1,0 +1,120 @@
+"""OSESSL (ICLR'26): ReSA + exemplar-guided prototypes + interpolation consistency, eq. 14.
+
+L = L_cluster + lambda (L_align + L_disp) + mu (L_mix-proto + L_mix-ins). Resolutions follow
+specs/resa-osessl.md section 2; every choice listed there as an ablation is a parameter here.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..data.exemplars import select_exemplars
+from ..losses import (exemplar_prototypes, interpolation_losses, prototype_alignment_loss, prototype_dispersion_loss,
+                      prototype_probabilities)
+from ..memory import MemoryBank
+from .base import DataContext, StepRandom
+from .resa import ReSA, ReSAParams
+
+
+@dataclass
+class OSESSLParams(ReSAParams):
+    shots: int = 1                  # labelled exemplars per class (k-shot: z_l is the class mean, re-normalised)
+    k: int = 8                      # neighbours per exemplar (Table 7)
+    alpha: float = 0.75             # eq. 2 weighting (Table 8)
+    memory_size: int = 4096         # 4096 for CIFAR, 65536 for ImageNet
+    tau_s: float = 0.1              # student temperature (spec 2.6.1: Table 16's labels are read as swapped)
+    tau_t: float = 0.04             # teacher temperature
+    lam: float = 1.0                # weight of L_proto = L_align + L_disp
+    mu: float = 1.0                 # weight of L_mix = L_mix-proto + L_mix-ins (0.25 on ImageNet)
+    mix_zeta: float = 1.0           # beta ~ Beta(zeta, zeta); not given in the paper (spec 2.2)
+    use_cluster: bool = True        # Table 6 ablations
+    use_align: bool = True
+    use_disp: bool = True
+    use_mix_proto: bool = True
+    use_mix_ins: bool = True
+    normalize_prototypes: bool = False   # eq. 4 does not re-normalise (spec 2.6.5)
+    detach_weights: bool = False         # detach pi in eq. 4 (harmless variant, spec 2.4)
+    symmetric_align: bool = False        # also align online(strong) to momentum(weak) (spec 2.6.2 ablation)
+    memory_view: str = "weak"            # momentum view enqueued in the bank: weak (default) | strong
+
+
+class OSESSL(ReSA):
+    name = "osessl"
+    Params = OSESSLParams
+
+    def __init__(self, cfg, params: OSESSLParams, data: DataContext):
+        super().__init__(cfg, params, data)
+        if params.memory_view not in ("weak", "strong"):
+            raise ValueError(f"memory_view must be 'weak' or 'strong', got {params.memory_view!r}")
+        self.num_classes = data.num_classes
+        idx = select_exemplars(data.train_labels, data.num_classes, shots=params.shots, seed=cfg.seed)
+        self.register_buffer("exemplar_indices", idx)
+        self.register_buffer("exemplar_images", data.train_images[idx].clone())
+        self.memory = MemoryBank(params.memory_size, cfg.proj_out)
+
+    def extra_state(self):
+        return {"exemplar_indices": self.exemplar_indices.tolist(), "shots": self.params.shots}
+
+    @property
+    def uses_mix(self) -> bool:
+        p = self.params
+        return p.mu != 0 and (p.use_mix_proto or p.use_mix_ins)
+
+    def make_views(self, images: torch.Tensor, rng: StepRandom) -> dict[str, torch.Tensor]:
+        views = super().make_views(images, rng)
+        views["exemplars"] = self.weak(self.exemplar_images, rng.device)  # fresh weak augmentation each step
+        if self.uses_mix:
+            n = images.shape[0]
+            beta = float(rng.host.beta(self.params.mix_zeta, self.params.mix_zeta))
+            perm = torch.randperm(n, generator=rng.device, device=images.device)
+            views["beta"] = torch.tensor(beta, device=images.device)
+            views["perm"] = perm
+            # eq. 10, in normalised pixel space
+            views["mixed"] = views["beta"] * views["weak"] + (1 - views["beta"]) * views["strong"][perm]
+        return views
+
+    def loss_terms(self, views):
+        p = self.params
+        weak, strong = views["weak"], views["strong"]
+        n = weak.shape[0]
+        # Exemplars share the weak view's forward (same transform, so consistent BN statistics; spec 2.6.9).
+        h_cat, g_cat = self.embed(torch.cat([weak, views["exemplars"]]))
+        h_weak, g_weak = h_cat[:n], g_cat[:n]
+        z_weak = F.normalize(g_weak, dim=1)
+        z_l = F.normalize(g_cat[n:], dim=1)
+        if p.shots > 1:
+            z_l = F.normalize(z_l.view(self.num_classes, p.shots, -1).mean(1), dim=1)
+        _, g_strong = self.embed(strong)
+        l_cluster, zm_weak, zm_strong = self.cluster_terms(h_weak, g_weak, g_strong, weak, strong)
+
+        protos, _, _ = exemplar_prototypes(z_l, self.memory.bank, k=p.k, alpha=p.alpha, valid=self.memory.valid_mask(),
+                                           normalize=p.normalize_prototypes, detach_weights=p.detach_weights)
+        l_align = prototype_alignment_loss(z_weak, zm_strong, protos, p.tau_s, p.tau_t)
+        if p.symmetric_align:
+            z_strong = F.normalize(g_strong, dim=1)
+            l_align = 0.5 * (l_align + prototype_alignment_loss(z_strong, zm_weak, protos, p.tau_s, p.tau_t))
+        l_disp = prototype_dispersion_loss(protos, p.tau_s)
+
+        zero = l_cluster * 0.0
+        l_mix_proto = l_mix_ins = zero
+        if self.uses_mix:
+            _, g_mix = self.embed(views["mixed"])
+            z_mix = F.normalize(g_mix, dim=1)
+            p_weak = prototype_probabilities(z_weak, protos, p.tau_s)
+            p_teacher = prototype_probabilities(zm_strong, protos.detach(), p.tau_t)
+            l_mix_proto, l_mix_ins = interpolation_losses(z_mix, zm_strong, protos, p_weak, p_teacher,
+                                                          views["beta"], views["perm"], p.tau_s)
+
+        total = ((l_cluster if p.use_cluster else zero)
+                 + p.lam * ((l_align if p.use_align else zero) + (l_disp if p.use_disp else zero))
+                 + p.mu * ((l_mix_proto if p.use_mix_proto else zero) + (l_mix_ins if p.use_mix_ins else zero)))
+        terms = {"loss": total, "cluster": l_cluster.detach(), "align": l_align.detach(), "disp": l_disp.detach(),
+                 "mix_proto": l_mix_proto.detach(), "mix_ins": l_mix_ins.detach()}
+        enqueue = zm_weak if p.memory_view == "weak" else zm_strong
+        return terms, {"enqueue": enqueue}
+
+    def after_step(self, views, aux) -> None:
+        # MoCo order: the bank is updated after the loss, so neighbours are always historical embeddings.
+        self.memory.enqueue(aux["enqueue"])
