@@ -1,7 +1,7 @@
 """The README's main job: ReSA vs OSESSL on CIFAR-10 with one seed and one budget, k-NN, and a t-SNE/UMAP figure.
 
 On a GPU it runs the real recipe (ResNet-18, batch 256, 50 epochs by default). Without one it scales itself down
-(narrow ResNet-18, a 10k-image subset, a few epochs) so that it finishes in minutes on a 2-core CPU; the budget
+(narrow ResNet-18, a 4k-image subset, 3 epochs) so that it finishes in minutes on a 2-core CPU; the budget
 used is written into the summary, so a CPU number is never mistaken for a GPU one.
 """
 from __future__ import annotations
@@ -18,8 +18,8 @@ from .engine.evaluate import eval_normalization
 from .provenance import REPO_ROOT, provenance
 
 GPU_BUDGET = dict(epochs=50, batch_size=256, width=64, subset=None, eval_test_subset=None, embed_points=5000)
-CPU_BUDGET = dict(epochs=4, batch_size=128, width=16, subset=6000, eval_test_subset=2000, embed_points=1500,
-                  proj_hidden=512, proj_out=128)
+CPU_BUDGET = dict(epochs=3, batch_size=128, width=16, subset=4000, eval_test_subset=2000, embed_points=1500,
+                  proj_hidden=512, proj_out=128, warmup_epochs=1.0)
 
 
 def budget_for(device: str) -> tuple[torch.device, dict]:
@@ -42,7 +42,7 @@ def run_quickstart(out_dir="results/quickstart", data_root=None, device="auto", 
     panels, results = {}, {}
     for name in methods:
         # A smaller bank on the CPU subset keeps it at the paper's ~8% of the training set (4096 / 50000).
-        method_args = {"memory_size": 512} if name == "osessl" and budget.get("subset") else {}
+        method_args = {"memory_size": 384} if name == "osessl" and budget.get("subset") else {}
         cfg = TrainConfig(method=name, dataset="cifar10", data_root=data_root, device=device, seed=0,
                           run_dir=str(out / "runs" / name), progress=progress, method_args=method_args, **budget)
         t0 = time.perf_counter()
