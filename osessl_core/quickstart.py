@@ -57,13 +57,16 @@ def run_quickstart(out_dir="results/quickstart", data_root=None, device="auto", 
     idx = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(0))[:embed_points]
     sub = train_set.subset(idx)
     mean, std = eval_normalization(train_set)
+    labels = {"resa": "ReSA", "osessl": "OSESSL"}
+    embedded = {}
     for name, res in results.items():
-        feats = extract_features(res.method.eval_encoder(), sub.images, mean, std, device=dev)
-        for algo in ("tsne", "umap"):
-            panels[f"{name.upper() if name == 'resa' else 'OSESSL'} {'t-SNE' if algo == 'tsne' else 'UMAP'}"] = \
-                (embed_2d(feats.numpy(), method=algo, seed=0), sub.labels.numpy())
-    order = sorted(panels, key=lambda k: (k.split()[1], k.split()[0]))  # t-SNE row, then UMAP row
-    plot_embeddings({k: panels[k] for k in order}, train_set.classes, path=out / "embeddings.png",
+        feats = extract_features(res.method.eval_encoder(), sub.images, mean, std, device=dev).numpy()
+        embedded[name] = {algo: embed_2d(feats, method=algo, seed=0) for algo in ("tsne", "umap")}
+    # Rows: t-SNE then UMAP; columns: the methods.
+    for algo, algo_name in (("tsne", "t-SNE"), ("umap", "UMAP")):
+        for name in results:
+            panels[f"{labels.get(name, name)} {algo_name}"] = (embedded[name][algo], sub.labels.numpy())
+    plot_embeddings(panels, train_set.classes, path=out / "embeddings.png", ncols=len(results), point_size=4,
                     title=f"CIFAR-10 train representations ({budget['epochs']} epochs, {dev.type})")
     summary["wall_seconds"] = time.perf_counter() - t_start
     summary["provenance"] = provenance(dev)

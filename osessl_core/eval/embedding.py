@@ -39,8 +39,8 @@ def embed_2d(features, method: str = "tsne", seed: int = 0, max_iter: int | None
 
 
 def plot_embeddings(panels: dict, class_names: list, path=None, title: str | None = None,
-                    point_size: float = 2) -> Figure:
-    """Scatter each {name: (xy [N, 2], labels [N])} panel side by side (3 per row), one legend for all.
+                    point_size: float = 2, ncols: int | None = None) -> Figure:
+    """Scatter each {name: (xy [N, 2], labels [N])} panel side by side (`ncols` per row, default 3), one legend.
 
     Builds a bare matplotlib Figure (no pyplot), so the global backend and pyplot's figure list are left
     alone; notebooks still display the returned figure. With path, saves path.png and path.pdf.
@@ -49,7 +49,7 @@ def plot_embeddings(panels: dict, class_names: list, path=None, title: str | Non
 
     if not panels:
         raise ValueError("panels is empty")
-    ncols = min(len(panels), 3)
+    ncols = min(len(panels), ncols or 3)
     nrows = math.ceil(len(panels) / ncols)
     colors = np.asarray(sns.color_palette("deep" if len(class_names) <= 10 else "husl", len(class_names)))
 
