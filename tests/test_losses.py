@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 
 from osessl_core.losses import (discriminative_scores, exemplar_prototypes, interpolation_losses,
-                                prototype_alignment_loss, prototype_dispersion_loss, resa_loss, sinkhorn)
+                                prototype_alignment_loss, prototype_dispersion_loss, prototype_probabilities,
+                                resa_loss, sinkhorn)
 
 torch.manual_seed(0)
 
@@ -210,3 +211,26 @@ def test_interpolation_gradients_flow_to_mixed_view_and_prototypes_only():
     (lp + li).backward()
     assert zm.grad.abs().sum() > 0 and c.grad.abs().sum() > 0
     assert zt.grad is None and pw.grad is None and pt.grad is None
+
+
+def test_losses_ignore_bf16_autocast():
+    """Under autocast the loss maths must stay fp32 (bf16 Sinkhorn scores would shift exp(S/0.05) by percents)."""
+    torch.manual_seed(1)
+    n, C, d = 16, 5, 32
+    h, hm, zw, zs, zmw, zms = (torch.randn(n, d) for _ in range(6))
+    zl, mem = F.normalize(torch.randn(C, d), dim=1), F.normalize(torch.randn(64, d), dim=1)
+    perm = torch.randperm(n)
+    scores = F.normalize(h, dim=1) @ F.normalize(hm, dim=1).T  # an input: computed outside autocast
+
+    def all_terms():
+        protos, _, _ = exemplar_prototypes(zl, mem, k=4)
+        p_w, p_t = prototype_probabilities(zw, protos, 0.1), prototype_probabilities(zms, protos, 0.04)
+        return torch.stack([(sinkhorn(scores) * scores).sum(), resa_loss(h, hm, zw, zs, zmw, zms),
+                            prototype_alignment_loss(zw, zms, protos), prototype_dispersion_loss(protos),
+                            *interpolation_losses(zw, zms, protos, p_w, p_t, 0.3, perm)])
+
+    exact = all_terms()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under_autocast = all_terms()
+    assert under_autocast.dtype == torch.float32
+    assert torch.allclose(under_autocast, exact, rtol=1e-6, atol=1e-6)

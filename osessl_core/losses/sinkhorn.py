@@ -4,9 +4,11 @@ from __future__ import annotations
 import torch
 
 from ..distributed import all_reduce_, world_size
+from .common import full_precision
 
 
 @torch.no_grad()
+@full_precision
 def sinkhorn(scores: torch.Tensor, eps: float = 0.05, iters: int = 3) -> torch.Tensor:
     """Soft assignment A for `scores` [n_online, n_momentum]; each row of A sums to 1.
 
@@ -14,7 +16,7 @@ def sinkhorn(scores: torch.Tensor, eps: float = 0.05, iters: int = 3) -> torch.T
     same on every rank). Sums over rows are therefore all-reduced; sums over columns stay local. This is ReSA's
     `Q = exp(S/eps)^T; Q /= sum; repeat {rows /= K; cols /= B}; Q *= B` written on A = Q^T.
     """
-    a = scores.detach().float()
+    a = scores.detach().clone()
     # A global constant shift cancels in the first normalisation; it must be global so ranks stay consistent.
     a = torch.exp((a - all_reduce_(a.max().clone(), "max")) / eps)
     n_cols = a.shape[1]
