@@ -56,12 +56,20 @@ def config_from_args(ns: argparse.Namespace) -> TrainConfig:
 
 
 def cmd_train(ns) -> int:
+    from . import distributed
     from .engine import train
     cfg = config_from_args(ns)
-    result = train(cfg)
-    if result.eval:
-        print(json.dumps(result.eval, indent=2))
-    print(f"run directory: {result.run_dir}")
+    distributed.init_from_env()  # under torchrun: one process per GPU (NCCL) or per CPU worker (gloo)
+    try:
+        result = train(cfg)
+    finally:
+        if distributed.is_distributed():
+            import torch.distributed as dist
+            dist.destroy_process_group()
+    if distributed.is_main_process():
+        if result.eval:
+            print(json.dumps(result.eval, indent=2))
+        print(f"run directory: {result.run_dir}")
     return 0
 
 

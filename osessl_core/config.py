@@ -57,8 +57,10 @@ class TrainConfig:
     eval_test_subset: int | None = None  # evaluate on a seeded subset of the test split (CPU smoke runs)
 
     # Fields that define the learning problem: a checkpoint is only resumable if these match.
+    # The per-rank batch_size is not among them: the global batch is checked instead, so a run can resume on a
+    # different number of ranks when batch_size x world_size is unchanged.
     IDENTITY = ("method", "dataset", "subset", "method_args", "arch", "width", "zero_pad", "proj_hidden", "proj_out",
-                "predictor", "batch_size", "seed")
+                "predictor", "seed")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

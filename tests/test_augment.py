@@ -287,3 +287,15 @@ def test_statistics_match_pil_pipeline(cifar_images, kind, repeats):
                                    f"ours {s_ours[key]} vs torchvision {s_ref[key]}")
     expected_gray = 0.2 if kind == "strong" else 0.0
     assert s_ours["gray_fraction"] >= expected_gray - 0.04
+
+
+def test_sharded_views_equal_the_global_batch():
+    """Two shards drawn with total/offset from the same generator state reproduce the one-process batch."""
+    images = torch.randint(0, 256, (12, 3, 32, 32), dtype=torch.uint8)
+    for kind in ("weak", "strong"):
+        aug = A.ViewAugment(kind, 32, (0.5,) * 3, (0.25,) * 3)
+        full = aug(images, torch.Generator().manual_seed(3))
+        parts = [aug(images[o:o + 6], torch.Generator().manual_seed(3), total=12, offset=o) for o in (0, 6)]
+        assert torch.allclose(torch.cat(parts), full, atol=1e-6)
+    with pytest.raises(ValueError, match="do not fit"):
+        aug(images[:6], None, total=8, offset=4)

@@ -232,7 +232,7 @@ def normalize(images: torch.Tensor, mean, std) -> torch.Tensor:
     """No augmentation (evaluation): uint8 B x 3 x H x W -> normalised float32."""
     _check_images(images)
     _check_stats(mean, std)
-    return _normalize_float(images.float() / 255, mean, std)
+    return _normalize_float(images.to(torch.get_default_dtype()) / 255, mean, std)
 
 
 class ViewAugment:
@@ -255,19 +255,27 @@ class ViewAugment:
         return (f"ViewAugment(kind={self.kind!r}, size={self.size}, crop_scale={self.crop_scale}, "
                 f"blur_prob={self.blur_prob}, solarize_prob={self.solarize_prob})")
 
-    def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None,
+                 total: int | None = None, offset: int = 0) -> torch.Tensor:
+        """Augment `images`. With `total`, the random parameters are drawn for a batch of `total` samples and
+        rows [offset, offset + B) of them are used: every rank of a distributed run draws the global batch's
+        parameters from a shared generator and augments only its shard, so views do not depend on world size."""
         _check_images(images)
         b, _, height, width = images.shape
         dev = images.device
+        n = b if total is None else total
+        if not 0 <= offset <= n - b:
+            raise ValueError(f"rows [{offset}, {offset + b}) do not fit in a batch of {n}")
+        rows = slice(offset, offset + b)
 
         def rand(*shape):
-            return torch.rand(*shape, generator=generator, device=dev)
+            return torch.rand(n, *shape[1:], generator=generator, device=dev)[rows]
 
-        boxes = sample_crop_boxes(b, height, width, self.crop_scale, RATIO, generator, dev)
+        boxes = tuple(t[rows] for t in sample_crop_boxes(n, height, width, self.crop_scale, RATIO, generator, dev))
         # The flip is the pipeline's last op but commutes with every pixel op, so fold it into the crop.
         flip = rand(b) < 0.5
         strong = self.kind == "strong"
-        x = crop_resize(images.float() / 255, boxes, self.size, flip,
+        x = crop_resize(images.to(torch.get_default_dtype()) / 255, boxes, self.size, flip,
                         mode="bicubic" if strong else "bilinear")
         if strong:
             apply = rand(b) < 0.8

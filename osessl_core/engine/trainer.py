@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,9 +18,10 @@ from tqdm.auto import tqdm
 
 from ..config import TrainConfig
 from ..data import load_dataset
-from ..distributed import is_main_process, rank, world_size
+from ..distributed import agree_any, all_reduce_, barrier, is_distributed, is_main_process, rank, world_size
 from ..methods import DataContext, Method, StepRandom, build_method
 from ..models import momentum_at
+from ..models.sync_bn import convert_sync_batchnorm
 from ..provenance import provenance
 from .checkpoint import atomic_write_json, check_compatible, load_checkpoint, save_checkpoint
 from .schedule import lr_at, scaled_lr
@@ -40,10 +42,12 @@ class TrainResult:
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"device {name!r} requested but CUDA is not available; use --device cpu")
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())  # torchrun: set to LOCAL_RANK by init_from_env
     return device
 
 
@@ -59,7 +63,11 @@ def seeded_subset(n_total: int, n: int, seed: int) -> torch.Tensor:
 
 
 def load_train_data(cfg: TrainConfig):
+    if not is_main_process():
+        barrier()  # let rank 0 decode and cache first, then read its cache
     train = load_dataset(cfg.dataset, cfg.data_root, "train")
+    if is_main_process():
+        barrier()
     if cfg.subset:
         train = train.subset(seeded_subset(len(train), cfg.subset, cfg.seed))
     return train
@@ -87,27 +95,41 @@ class Trainer:
         self.steps_per_epoch = n // (cfg.batch_size * world_size())  # drop_last
         self.total_steps = self.steps_per_epoch * cfg.epochs
         self.warmup_steps = round(cfg.warmup_epochs * self.steps_per_epoch)
-        self.peak_lr = scaled_lr(cfg.base_lr, cfg.batch_size * world_size())
+        self.global_batch = cfg.batch_size * world_size()
+        self.peak_lr = scaled_lr(cfg.base_lr, self.global_batch)
 
         torch.manual_seed(cfg.seed)  # network initialisation
         ts = self.train_set
         data = DataContext(num_classes=ts.num_classes, image_size=ts.images.shape[-1], mean=ts.mean, std=ts.std,
                            train_images=ts.images, train_labels=ts.labels, classes=ts.classes)
-        self.method = build_method(cfg, data).to(self.device)
+        self.method = convert_sync_batchnorm(build_method(cfg, data), self.device).to(self.device)
         if self.channels_last:
             self.method.to(memory_format=torch.channels_last)
+        self.model = self.method
+        if is_distributed():
+            # Buffers are not broadcast: BN statistics are synchronised and the bank is filled from all ranks,
+            # so they are identical everywhere already.
+            with warnings.catch_warnings():  # broadcast_buffers=False is still the way to skip the buffer sync
+                warnings.simplefilter("ignore", FutureWarning)
+                self.model = torch.nn.parallel.DistributedDataParallel(
+                    self.method, device_ids=[self.device.index] if cuda else None, broadcast_buffers=False)
         params = [p for p in self.method.parameters() if p.requires_grad]
         # Weight decay on every parameter, BN and biases included (ReSA).
         self.optimizer = torch.optim.SGD(params, lr=self.peak_lr, momentum=cfg.sgd_momentum,
                                          weight_decay=cfg.weight_decay, **({"fused": True} if cuda else {}))
-        self.rng = StepRandom.create(cfg.seed * world_size() + rank(), self.device)
+        # The same generators on every rank: each draws the global batch's randomness and uses its share.
+        self.rng = StepRandom.create(cfg.seed, self.device)
         self.images = self.train_set.images.to(self.device)  # resident uint8; augmented on the device
         self.step = 0
-        self.loss_fn = torch.compile(self.method.loss_terms) if self.compile else self.method.loss_terms
+        self.loss_fn = torch.compile(self.model) if self.compile else self.model
         self.metrics: list[dict[str, Any]] = []
         self._resume_or_start()
 
     # ---- run directory -------------------------------------------------------------------------------------
+    @property
+    def _collective_device(self) -> torch.device:
+        return self.device  # NCCL needs CUDA tensors, gloo takes CPU ones
+
     @property
     def checkpoint_path(self) -> Path:
         return self.run_dir / "checkpoint.pt"
@@ -116,7 +138,9 @@ class Trainer:
         cfg = self.cfg
         if cfg.resume and self.checkpoint_path.exists():
             state = load_checkpoint(self.checkpoint_path)
-            check_compatible(state["config"], cfg.to_dict(), TrainConfig.IDENTITY, self.checkpoint_path)
+            check_compatible({**state["config"], "global_batch": state["global_batch"]},
+                             {**cfg.to_dict(), "global_batch": self.global_batch},
+                             TrainConfig.IDENTITY + ("global_batch",), self.checkpoint_path)
             try:
                 self.method.load_state_dict(state["model"])
             except RuntimeError as e:
@@ -148,7 +172,8 @@ class Trainer:
     def save(self) -> None:
         if is_main_process():
             save_checkpoint(self.checkpoint_path, {
-                "step": self.step, "config": self.cfg.to_dict(), "model": self.method.state_dict(),
+                "step": self.step, "global_batch": self.global_batch, "world_size": world_size(),
+                "config": self.cfg.to_dict(), "model": self.method.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "rng": self.rng.state_dict()})
 
     # ---- training ------------------------------------------------------------------------------------------
@@ -198,7 +223,9 @@ class Trainer:
             bar.update(1)
             end_of_epoch = self.step % self.steps_per_epoch == 0
             flush = self.step % cfg.log_every == 0 or end_of_epoch or self.step == stop
-            out_of_time = cfg.time_limit is not None and time.perf_counter() - t_fit > cfg.time_limit
+            # Checked at log points only, and agreed across ranks so that they all stop at the same step.
+            out_of_time = flush and cfg.time_limit is not None and agree_any(
+                time.perf_counter() - t_fit > cfg.time_limit, self._collective_device)
             checkpoint = ((cfg.ckpt_every and self.step % cfg.ckpt_every == 0) or end_of_epoch
                           or self.step == stop or out_of_time)
             if flush or checkpoint:
@@ -214,7 +241,9 @@ class Trainer:
         return TrainResult(self.run_dir, self.method, self.step, self.metrics)
 
     def _log(self, sums: dict[str, torch.Tensor], count: int, seconds: float) -> dict[str, Any]:
-        values = {k: float(v) / count for k, v in sums.items()}  # the one host sync per interval
+        keys = sorted(sums)
+        totals = all_reduce_(torch.stack([sums[k].double() for k in keys])) / world_size()  # mean over ranks
+        values = {k: float(v) / count for k, v in zip(keys, totals.tolist())}  # the one host sync per interval
         for k, v in values.items():
             if not math.isfinite(v):
                 raise NonFiniteLossError(
@@ -236,6 +265,7 @@ def train(cfg: TrainConfig, train_set=None) -> TrainResult:
     """Train (resuming from `cfg.run_dir` if it holds a checkpoint), then evaluate as configured."""
     trainer = Trainer(cfg, train_set)
     result = trainer.fit()
+    barrier()
     if (cfg.eval_knn or cfg.eval_linear) and is_main_process() and trainer.step >= trainer.total_steps:
         from .evaluate import evaluate_run
         result.eval = evaluate_run(trainer.method, cfg, trainer.train_set, trainer.device)

@@ -1,21 +1,23 @@
 """OSESSL's exemplar-guided terms, eqs. 2-13 of the paper (resolutions from specs/resa-osessl.md section 2.4).
 
-All functions take embeddings as given (the method passes L2-normalised projector outputs) and compute in fp32.
+All functions take embeddings as given (the method passes L2-normalised projector outputs) and compute outside
+autocast, in fp32 (or the inputs' fp64).
 """
 from __future__ import annotations
 
 import torch
 
-from .common import soft_cross_entropy
+from .common import full_precision, soft_cross_entropy
 
 
 @torch.no_grad()
+@full_precision
 def discriminative_scores(z_l: torch.Tensor, memory: torch.Tensor, alpha: float = 0.75) -> torch.Tensor:
     """Eq. 2: s_c(j) = alpha <z_l^c, m_j> - (1-alpha) max_{c' != c} <z_l^c', m_j>, shape [C, M].
 
     No gradient: neighbour selection is a discrete choice. With a single class the max over other classes is 0.
     """
-    sim = z_l.detach().float() @ memory.detach().float().T
+    sim = z_l.detach() @ memory.detach().T
     n_classes = sim.shape[0]
     if n_classes == 1:
         other = torch.zeros_like(sim)
@@ -26,6 +28,7 @@ def discriminative_scores(z_l: torch.Tensor, memory: torch.Tensor, alpha: float 
     return alpha * sim - (1.0 - alpha) * other
 
 
+@full_precision
 def exemplar_prototypes(z_l: torch.Tensor, memory: torch.Tensor, k: int = 8, alpha: float = 0.75,
                         valid: torch.Tensor | None = None, normalize: bool = False, detach_weights: bool = False):
     """Eqs. 2-4: prototype c = sum_j pi_j q_j over Q_c = [z_l^c; top-k memory rows by eq. 2].
@@ -35,8 +38,8 @@ def exemplar_prototypes(z_l: torch.Tensor, memory: torch.Tensor, k: int = 8, alp
     slots the prototype falls back on the exemplar (exactly z_l when the bank is empty). Gradients flow through
     z_l in both the components and the weights (spec 2.4 resolution); memory rows are constants.
     """
-    z_l = z_l.float()
-    memory = memory.detach().float()
+    z_l = z_l
+    memory = memory.detach()
     scores = discriminative_scores(z_l, memory, alpha)
     if valid is not None:
         scores = scores.masked_fill(~valid.unsqueeze(0), float("-inf"))
@@ -55,21 +58,24 @@ def exemplar_prototypes(z_l: torch.Tensor, memory: torch.Tensor, k: int = 8, alp
     return prototypes, weights, neighbours
 
 
+@full_precision
 def prototype_probabilities(z: torch.Tensor, prototypes: torch.Tensor, tau: float) -> torch.Tensor:
     """Eq. 5: softmax_c(<z_i, c_c> / tau)."""
-    return torch.softmax(z.float() @ prototypes.float().T / tau, dim=1)
+    return torch.softmax(z @ prototypes.T / tau, dim=1)
 
 
+@full_precision
 def prototype_alignment_loss(z_student: torch.Tensor, z_teacher: torch.Tensor, prototypes: torch.Tensor,
                              tau_s: float = 0.1, tau_t: float = 0.04) -> torch.Tensor:
     """Eqs. 5-6: L_align = -mean_i sum_c p'_ic log p_ic; the teacher side (z' and c) is fully detached."""
     target = prototype_probabilities(z_teacher.detach(), prototypes.detach(), tau_t)
-    return soft_cross_entropy(target, z_student.float() @ prototypes.float().T / tau_s)
+    return soft_cross_entropy(target, z_student @ prototypes.T / tau_s)
 
 
+@full_precision
 def prototype_dispersion_loss(prototypes: torch.Tensor, tau_s: float = 0.1) -> torch.Tensor:
     """Eq. 9: mean over ordered pairs c != c' of <c_c, c_c'> / tau_s (linear, may be negative)."""
-    c = prototypes.float()
+    c = prototypes
     n = c.shape[0]
     if n < 2:
         return c.sum() * 0.0
@@ -77,19 +83,22 @@ def prototype_dispersion_loss(prototypes: torch.Tensor, tau_s: float = 0.1) -> t
     return (gram.sum() - gram.diagonal().sum()) / (n * (n - 1)) / tau_s
 
 
+@full_precision
 def interpolation_losses(z_mix: torch.Tensor, z_teacher: torch.Tensor, prototypes: torch.Tensor,
                          p_weak: torch.Tensor, p_teacher: torch.Tensor, beta, perm: torch.Tensor,
-                         tau_s: float = 0.1):
+                         tau_s: float = 0.1, index: torch.Tensor | None = None):
     """Eqs. 11-13 for x_m = beta x + (1-beta) x'[perm].
 
     L_mix-proto = CE(z_m c^T / tau_s, beta p + (1-beta) p'[perm]) with both targets detached;
     L_mix-ins   = -mean_i [beta log softmax(z_m z'^T/tau_s)_{i,i} + (1-beta) log softmax(...)_{i,perm(i)}],
-    z' being the momentum strong-view embedding (detached).
+    z' being the momentum strong-view embedding (detached). Under DDP, z' and p' hold the whole global batch,
+    `perm` gives each local row's partner and `index` its own position in that batch (default: 0..n-1).
     """
-    beta = torch.as_tensor(beta, dtype=torch.float32, device=z_mix.device)
-    target = beta * p_weak.detach().float() + (1.0 - beta) * p_teacher.detach().float()[perm]
-    l_proto = soft_cross_entropy(target, z_mix.float() @ prototypes.float().T / tau_s)
-    log_p = torch.log_softmax(z_mix.float() @ z_teacher.detach().float().T / tau_s, dim=1)
+    beta = torch.as_tensor(beta, dtype=z_mix.dtype, device=z_mix.device)
+    target = beta * p_weak.detach() + (1.0 - beta) * p_teacher.detach()[perm]
+    l_proto = soft_cross_entropy(target, z_mix @ prototypes.T / tau_s)
+    log_p = torch.log_softmax(z_mix @ z_teacher.detach().T / tau_s, dim=1)
     rows = torch.arange(z_mix.shape[0], device=z_mix.device)
-    l_ins = -(beta * log_p[rows, rows] + (1.0 - beta) * log_p[rows, perm]).mean()
+    own = rows if index is None else index
+    l_ins = -(beta * log_p[rows, own] + (1.0 - beta) * log_p[rows, perm]).mean()
     return l_proto, l_ins

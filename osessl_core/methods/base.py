@@ -59,6 +59,10 @@ class Method(nn.Module):
     def make_views(self, images: torch.Tensor, rng: StepRandom) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
+    def forward(self, views: dict[str, torch.Tensor]):
+        # DistributedDataParallel (and torch.compile) wrap a module's forward: it is the loss.
+        return self.loss_terms(views)
+
     def momentum_update(self, m: float) -> None:
         pass
 

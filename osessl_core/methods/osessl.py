@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data.exemplars import select_exemplars
+from ..distributed import gather_nograd, gather_with_grad, rank, shard_bounds, world_size
 from ..losses import (exemplar_prototypes, interpolation_losses, prototype_alignment_loss, prototype_dispersion_loss,
                       prototype_probabilities)
 from ..memory import MemoryBank
@@ -64,15 +65,22 @@ class OSESSL(ReSA):
 
     def make_views(self, images: torch.Tensor, rng: StepRandom) -> dict[str, torch.Tensor]:
         views = super().make_views(images, rng)
-        views["exemplars"] = self.weak(self.exemplar_images, rng.device)  # fresh weak augmentation each step
+        # Each rank forwards a contiguous share of the exemplars (fresh weak augmentation each step), so that
+        # across ranks BN sees every exemplar exactly once, as in a single process; z_l is gathered later.
+        n_ex = self.exemplar_images.shape[0]
+        lo, hi = shard_bounds(n_ex)
+        views["exemplars"] = self.weak(self.exemplar_images[lo:hi], rng.device, total=n_ex, offset=lo)
         if self.uses_mix:
             n = images.shape[0]
             beta = float(rng.host.beta(self.params.mix_zeta, self.params.mix_zeta))
-            perm = torch.randperm(n, generator=rng.device, device=images.device)
+            # One permutation of the global batch (same on every rank); partners may live on other ranks.
+            perm = torch.randperm(n * world_size(), generator=rng.device, device=images.device)
+            index = torch.arange(n, device=images.device) + n * rank()
             views["beta"] = torch.tensor(beta, device=images.device)
-            views["perm"] = perm
+            views["index"], views["partner"] = index, perm[index]
+            strong_all = gather_nograd(views["strong"])
             # eq. 10, in normalised pixel space
-            views["mixed"] = views["beta"] * views["weak"] + (1 - views["beta"]) * views["strong"][perm]
+            views["mixed"] = views["beta"] * views["weak"] + (1 - views["beta"]) * strong_all[views["partner"]]
         return views
 
     def loss_terms(self, views):
@@ -83,11 +91,12 @@ class OSESSL(ReSA):
         h_cat, g_cat = self.embed(torch.cat([weak, views["exemplars"]]))
         h_weak, g_weak = h_cat[:n], g_cat[:n]
         z_weak = F.normalize(g_weak, dim=1)
-        z_l = F.normalize(g_cat[n:], dim=1)
+        z_l = gather_with_grad(F.normalize(g_cat[n:], dim=1))  # all exemplars, class order
         if p.shots > 1:
             z_l = F.normalize(z_l.view(self.num_classes, p.shots, -1).mean(1), dim=1)
         _, g_strong = self.embed(strong)
-        l_cluster, zm_weak, zm_strong = self.cluster_terms(h_weak, g_weak, g_strong, weak, strong)
+        momentum = self.cluster_terms(h_weak, g_weak, g_strong, weak, strong)
+        l_cluster, zm_weak, zm_strong = momentum["loss"], momentum["zm_weak"], momentum["zm_strong"]
 
         protos, _, _ = exemplar_prototypes(z_l, self.memory.bank, k=p.k, alpha=p.alpha, valid=self.memory.valid_mask(),
                                            normalize=p.normalize_prototypes, detach_weights=p.detach_weights)
@@ -103,9 +112,11 @@ class OSESSL(ReSA):
             _, g_mix = self.embed(views["mixed"])
             z_mix = F.normalize(g_mix, dim=1)
             p_weak = prototype_probabilities(z_weak, protos, p.tau_s)
-            p_teacher = prototype_probabilities(zm_strong, protos.detach(), p.tau_t)
-            l_mix_proto, l_mix_ins = interpolation_losses(z_mix, zm_strong, protos, p_weak, p_teacher,
-                                                          views["beta"], views["perm"], p.tau_s)
+            zm_strong_all = momentum["zm_strong_all"]  # partners' teacher targets may come from other ranks
+            p_teacher = prototype_probabilities(zm_strong_all, protos.detach(), p.tau_t)
+            l_mix_proto, l_mix_ins = interpolation_losses(z_mix, zm_strong_all, protos, p_weak, p_teacher,
+                                                          views["beta"], views["partner"], p.tau_s,
+                                                          index=views["index"])
 
         total = ((l_cluster if p.use_cluster else zero)
                  + p.lam * ((l_align if p.use_align else zero) + (l_disp if p.use_disp else zero))

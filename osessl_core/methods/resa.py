@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import torch
 
 from ..data.augment import strong_view, weak_view
-from ..distributed import gather_nograd
+from ..distributed import gather_nograd, rank, world_size
 from ..losses import resa_loss
 from .base import DataContext, StepRandom, TwinMethod
 
@@ -30,20 +30,27 @@ class ReSA(TwinMethod):
         self.strong = strong_view(data.image_size, data.mean, data.std, blur_prob=params.blur_prob)
 
     def make_views(self, images: torch.Tensor, rng: StepRandom) -> dict[str, torch.Tensor]:
-        return {"weak": self.weak(images, rng.device), "strong": self.strong(images, rng.device)}
+        # Parameters are drawn for the global batch and this rank's rows used, so views match 1-process runs.
+        n = images.shape[0]
+        shard = {"total": n * world_size(), "offset": n * rank()}
+        return {"weak": self.weak(images, rng.device, **shard), "strong": self.strong(images, rng.device, **shard)}
 
-    def cluster_terms(self, h_weak, g_weak, g_strong, weak, strong):
-        """Momentum forward on both views and L_cluster; returns (loss, momentum weak z, momentum strong z)."""
+    def cluster_terms(self, h_weak, g_weak, g_strong, weak, strong) -> dict[str, torch.Tensor]:
+        """Momentum forward on both views and L_cluster against the momentum encodings of all ranks.
+
+        Returns the loss and the momentum embeddings, local ("zm_weak", "zm_strong") and gathered ("*_all")."""
         h_m, zm_weak = self.momentum_embed(weak)
         _, zm_strong = self.momentum_embed(strong)
+        out = {"zm_weak": zm_weak, "zm_strong": zm_strong,
+               "zm_weak_all": gather_nograd(zm_weak), "zm_strong_all": gather_nograd(zm_strong)}
         p = self.params
-        loss = resa_loss(h_weak, gather_nograd(h_m), self.predict(g_weak), self.predict(g_strong),
-                         gather_nograd(zm_weak), gather_nograd(zm_strong),
-                         temperature=p.temperature, eps=p.sinkhorn_eps, iters=p.sinkhorn_iters)
-        return loss, zm_weak, zm_strong
+        out["loss"] = resa_loss(h_weak, gather_nograd(h_m), self.predict(g_weak), self.predict(g_strong),
+                                out["zm_weak_all"], out["zm_strong_all"],
+                                temperature=p.temperature, eps=p.sinkhorn_eps, iters=p.sinkhorn_iters)
+        return out
 
     def loss_terms(self, views):
         h_weak, g_weak = self.embed(views["weak"])
         _, g_strong = self.embed(views["strong"])
-        loss, _, _ = self.cluster_terms(h_weak, g_weak, g_strong, views["weak"], views["strong"])
+        loss = self.cluster_terms(h_weak, g_weak, g_strong, views["weak"], views["strong"])["loss"]
         return {"loss": loss, "cluster": loss.detach()}, {}
