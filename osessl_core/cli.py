@@ -97,6 +97,24 @@ def cmd_quickstart(ns) -> int:
     return 0
 
 
+def cmd_bench(ns) -> int:
+    from .engine.bench import run_bench, tiny_config
+    from .engine.trainer import resolve_device
+    from .provenance import REPO_ROOT
+    data_root = ns.data_root or str(REPO_ROOT.parent / "shared" / "data")
+    device = resolve_device(ns.device)
+    tiny = ns.tiny or device.type != "cuda"
+    cfg = tiny_config(data_root, ns.device) if tiny else TrainConfig(data_root=data_root, device=ns.device)
+    if ns.batch_size:
+        cfg = dataclasses.replace(cfg, batch_size=ns.batch_size)
+    out = ns.out or f"results/bench/bench-{'tiny-' if tiny else ''}{device.type}.json"
+    res = run_bench(cfg, methods=ns.methods.split(",") if ns.methods else None, warmup=ns.warmup or (2 if tiny else 20),
+                    steps=ns.steps or (3 if tiny else 50), compile_on_cpu=ns.compile_on_cpu, out=out)
+    print(json.dumps(res["ratios"], indent=2))
+    print(f"written: {out}")
+    return 0
+
+
 def cmd_methods(ns) -> int:
     from .methods import METHODS
     for name, cls in METHODS.items():
@@ -123,6 +141,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--epochs", type=int, default=None, help="default: 50 on GPU, a scaled-down run on CPU")
     p.set_defaults(func=cmd_quickstart)
+    p = sub.add_parser("bench", help="time the training step: eager fp32 vs eager bf16 vs fast, every method")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--methods", default=None, help="comma-separated; default: every registered method")
+    p.add_argument("--batch-size", type=int, default=None, help="default 256 (GPU), 32 (tiny CPU config)")
+    p.add_argument("--warmup", type=int, default=None)
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--tiny", action="store_true", help="the CPU-sized configuration (automatic without CUDA)")
+    p.add_argument("--compile-on-cpu", action="store_true", help="also compile on CPU (slow to compile)")
+    p.add_argument("--out", default=None, help="JSON path; default results/bench/bench-<device>.json")
+    p.set_defaults(func=cmd_bench)
     p = sub.add_parser("methods", help="list registered methods and their parameters")
     p.set_defaults(func=cmd_methods)
     return parser

@@ -5,6 +5,7 @@ metrics.jsonl (one line per log interval), checkpoint.pt (atomic, latest), eval.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -25,6 +26,10 @@ from ..models.sync_bn import convert_sync_batchnorm
 from ..provenance import provenance
 from .checkpoint import atomic_write_json, check_compatible, load_checkpoint, save_checkpoint
 from .schedule import lr_at, scaled_lr
+
+
+def _no_phase(name):
+    return contextlib.nullcontext()
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -177,23 +182,30 @@ class Trainer:
                 "optimizer": self.optimizer.state_dict(), "rng": self.rng.state_dict()})
 
     # ---- training ------------------------------------------------------------------------------------------
-    def train_step(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
-        """One optimisation step on a uint8 batch already on the device. Returns detached loss terms (no sync)."""
+    def train_step(self, batch: torch.Tensor, phase=None) -> dict[str, torch.Tensor]:
+        """One optimisation step on a uint8 batch already on the device. Returns detached loss terms (no sync).
+
+        `phase(name)` is an optional context-manager factory wrapped around each part of the step (the benchmark
+        times "augment", "forward_loss", "backward" and "optimizer" with it)."""
+        phase = phase or _no_phase
         for group in self.optimizer.param_groups:
             group["lr"] = lr_at(self.step, self.total_steps, self.warmup_steps, self.peak_lr,
                                 self.cfg.final_lr_ratio)
-        with torch.no_grad():
+        with phase("augment"), torch.no_grad():
             views = self.method.make_views(batch, self.rng)
             if self.channels_last:
                 views = {k: v.contiguous(memory_format=torch.channels_last) if v.dim() == 4 else v
                          for k, v in views.items()}
-        self.method.momentum_update(momentum_at(self.step, self.total_steps, self.cfg.momentum_base))
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-            terms, aux = self.loss_fn(views)
-        self.optimizer.zero_grad(set_to_none=True)
-        terms["loss"].backward()
-        self.optimizer.step()
-        self.method.after_step(views, aux)
+        with phase("forward_loss"):
+            self.method.momentum_update(momentum_at(self.step, self.total_steps, self.cfg.momentum_base))
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+                terms, aux = self.loss_fn(views)
+        with phase("backward"):
+            self.optimizer.zero_grad(set_to_none=True)
+            terms["loss"].backward()
+        with phase("optimizer"):
+            self.optimizer.step()
+            self.method.after_step(views, aux)
         self.step += 1
         return {k: v.detach() for k, v in terms.items()}
 

@@ -1,0 +1,169 @@
+"""Training-step benchmark: every registered method, eager fp32 vs eager bf16 vs the fast path, in one process.
+
+Headline numbers come from back-to-back steps timed with CUDA events (no host sync inside the timed loop). The
+per-phase breakdown comes from a second, instrumented pass: data+augmentation, network forward (module hooks),
+loss (forward_loss minus the network forward), backward, optimizer (+EMA and memory updates). The fast path is
+compiled, so only its total is meaningful (phases of a compiled graph overlap); its breakdown is reported anyway
+for the phases around the compiled region. Ratios are always taken between rows of the same run.
+"""
+from __future__ import annotations
+
+import contextlib
+import gc
+import json
+import resource
+import tempfile
+import time
+from collections import defaultdict
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from ..config import TrainConfig
+from ..methods import METHODS
+from ..provenance import provenance
+from .checkpoint import atomic_write_json
+from .trainer import Trainer, load_train_data, resolve_device
+
+NETWORKS = ("encoder", "projector", "predictor", "momentum_encoder", "momentum_projector")
+MODES = {  # name -> (amp, compile, channels_last); None = the trainer's default for the device
+    "eager_fp32": (False, False, False),
+    "eager_bf16": (True, False, None),
+    "fast": (None, None, None),
+}
+
+
+class PhaseTimer:
+    """Accumulates wall time per named phase: CUDA events on GPU, perf_counter on CPU (ops are synchronous)."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.spans: dict[str, list] = defaultdict(list)
+
+    def mark(self):
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            return event
+        return time.perf_counter()
+
+    @contextlib.contextmanager
+    def __call__(self, name: str):
+        start = self.mark()
+        yield
+        self.spans[name].append((start, self.mark()))
+
+    def totals_ms(self) -> dict[str, float]:
+        if self.cuda:
+            torch.cuda.synchronize()
+            return {k: sum(a.elapsed_time(b) for a, b in v) for k, v in self.spans.items()}
+        return {k: 1000 * sum(b - a for a, b in v) for k, v in self.spans.items()}
+
+
+def _hook_networks(method, timer: PhaseTimer) -> list:
+    handles, stack = [], []
+    for name in NETWORKS:
+        net = getattr(method, name, None)
+        if net is None:
+            continue
+        handles.append(net.register_forward_pre_hook(lambda m, i: stack.append(timer.mark())))
+        handles.append(net.register_forward_hook(
+            lambda m, i, o: timer.spans["network_forward"].append((stack.pop(), timer.mark()))))
+    return handles
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def bench_one(cfg: TrainConfig, train_set, warmup: int, steps: int) -> dict:
+    device = resolve_device(cfg.device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    trainer = Trainer(cfg, train_set)
+    t0 = time.perf_counter()
+    for _ in range(warmup):  # compilation and cudnn autotuning happen here
+        trainer.train_step(trainer._batch(trainer.step))
+    _sync(device)
+    warmup_s = time.perf_counter() - t0
+    timer = PhaseTimer(device)
+    with timer("step"):  # back to back, no host sync inside
+        for _ in range(steps):
+            trainer.train_step(trainer._batch(trainer.step))
+    total_ms = timer.totals_ms()["step"] / steps
+
+    # Instrumented pass for the breakdown (synchronises per phase, so it is slower than the headline).
+    phases = PhaseTimer(device)
+    handles = _hook_networks(trainer.method, phases) if not trainer.compile else []
+    for _ in range(steps):
+        with phases("data_augment"):
+            batch = trainer._batch(trainer.step)
+        trainer.train_step(batch, phase=phases)
+    for h in handles:
+        h.remove()
+    t = {k: v / steps for k, v in phases.totals_ms().items()}
+    views_ms = t.pop("augment", 0.0)
+    t["data_augment"] = t.get("data_augment", 0.0) + views_ms
+    if "network_forward" in t:
+        t["loss"] = t["forward_loss"] - t["network_forward"]
+    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+    row = {"method": cfg.method, "amp": trainer.amp, "compile": trainer.compile, "channels_last": trainer.channels_last,
+           "ms_per_step": total_ms, "images_per_s": cfg.batch_size / total_ms * 1000,
+           "breakdown_ms": {k: round(v, 4) for k, v in sorted(t.items())},
+           "peak_gpu_memory_gib": peak, "warmup_s": warmup_s,
+           "max_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+    del trainer
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return row
+
+
+def run_bench(base: TrainConfig, methods=None, modes=tuple(MODES), warmup: int = 20, steps: int = 50,
+              compile_on_cpu: bool = False, out: str | Path | None = None, progress: bool = True) -> dict:
+    device = resolve_device(base.device)
+    methods = list(methods or METHODS)
+    train_set = load_train_data(base)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for method in methods:
+            for mode in modes:
+                amp, comp, cl = MODES[mode]
+                if device.type != "cuda" and comp is None and not compile_on_cpu:
+                    comp = False  # inductor's CPU compile takes minutes; opt in with compile_on_cpu
+                cfg = replace(base, method=method, amp=amp, compile=comp, channels_last=cl, resume=False,
+                              run_dir=f"{tmp}/{method}-{mode}", progress=False, eval_knn=False, eval_linear=False,
+                              method_args=base.method_args if method == base.method else {})
+                row = {"mode": mode, **bench_one(cfg, train_set, warmup, steps)}
+                rows.append(row)
+                if progress:
+                    print(f"{method:<8} {mode:<11} {row['ms_per_step']:9.2f} ms/step {row['images_per_s']:10.0f} img/s"
+                          f"  peak {row['peak_gpu_memory_gib'] or 0:.2f} GiB", flush=True)
+    by = {(r["method"], r["mode"]): r for r in rows}
+    ratios = {}
+    for m in methods:
+        if (m, "fast") in by and (m, "eager_fp32") in by:
+            ratios[f"{m}_fast_speedup_vs_eager_fp32"] = by[m, "eager_fp32"]["ms_per_step"] / by[m, "fast"]["ms_per_step"]
+    if ("osessl", "fast") in by and ("resa", "fast") in by:
+        o, r = by["osessl", "fast"], by["resa", "fast"]
+        ratios["osessl_vs_resa_step_time"] = o["ms_per_step"] / r["ms_per_step"]
+        if o["peak_gpu_memory_gib"]:
+            ratios["osessl_vs_resa_peak_memory"] = o["peak_gpu_memory_gib"] / r["peak_gpu_memory_gib"]
+    steps_per_epoch = len(train_set) // base.batch_size
+    result = {"rows": rows, "ratios": ratios, "warmup_steps": warmup, "timed_steps": steps,
+              "steps_per_epoch": steps_per_epoch, "batch_size": base.batch_size, "dataset": base.dataset,
+              "n_train": len(train_set), "config": base.to_dict(), "provenance": provenance(device),
+              "note": "epoch_seconds = steps_per_epoch x ms_per_step (derived from the measured step time)"}
+    for r in rows:
+        r["epoch_seconds"] = steps_per_epoch * r["ms_per_step"] / 1000
+    if out:
+        atomic_write_json(Path(out), result)
+    return result
+
+
+def tiny_config(data_root: str, device: str = "cpu") -> TrainConfig:
+    """A CPU-sized configuration (narrow network, small batch) so the benchmark itself is tested in CI."""
+    return TrainConfig(data_root=data_root, device=device, subset=256, batch_size=32, width=8, proj_hidden=64,
+                       proj_out=32, epochs=10, method_args={"memory_size": 64})
