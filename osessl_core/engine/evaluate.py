@@ -4,7 +4,6 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import torch
 
 from ..data import NORMALIZATION, load_dataset
 from ..eval import extract_features, knn_accuracy, linear_probe

@@ -95,12 +95,12 @@ class Trainer:
         self.run_dir = Path(cfg.run_dir)
         self.train_set = train_set if train_set is not None else load_train_data(cfg)
         n = len(self.train_set)
-        if cfg.batch_size * world_size() > n:
-            raise ValueError(f"global batch {cfg.batch_size * world_size()} exceeds the {n} training images")
-        self.steps_per_epoch = n // (cfg.batch_size * world_size())  # drop_last
+        self.global_batch = cfg.batch_size * world_size()
+        if self.global_batch > n:
+            raise ValueError(f"global batch {self.global_batch} exceeds the {n} training images")
+        self.steps_per_epoch = n // self.global_batch  # drop_last
         self.total_steps = self.steps_per_epoch * cfg.epochs
         self.warmup_steps = round(cfg.warmup_epochs * self.steps_per_epoch)
-        self.global_batch = cfg.batch_size * world_size()
         self.peak_lr = scaled_lr(cfg.base_lr, self.global_batch)
 
         torch.manual_seed(cfg.seed)  # network initialisation
@@ -131,10 +131,6 @@ class Trainer:
         self._resume_or_start()
 
     # ---- run directory -------------------------------------------------------------------------------------
-    @property
-    def _collective_device(self) -> torch.device:
-        return self.device  # NCCL needs CUDA tensors, gloo takes CPU ones
-
     @property
     def checkpoint_path(self) -> Path:
         return self.run_dir / "checkpoint.pt"
@@ -237,7 +233,7 @@ class Trainer:
             flush = self.step % cfg.log_every == 0 or end_of_epoch or self.step == stop
             # Checked at log points only, and agreed across ranks so that they all stop at the same step.
             out_of_time = flush and cfg.time_limit is not None and agree_any(
-                time.perf_counter() - t_fit > cfg.time_limit, self._collective_device)
+                time.perf_counter() - t_fit > cfg.time_limit, self.device)
             checkpoint = ((cfg.ckpt_every and self.step % cfg.ckpt_every == 0) or end_of_epoch
                           or self.step == stop or out_of_time)
             if flush or checkpoint:
@@ -265,7 +261,7 @@ class Trainer:
                "lr": self.optimizer.param_groups[0]["lr"],
                "momentum": momentum_at(self.step - 1, self.total_steps, self.cfg.momentum_base),
                **values, "steps": count, "seconds": seconds,
-               "images_per_s": count * self.cfg.batch_size * world_size() / max(seconds, 1e-9)}
+               "images_per_s": count * self.global_batch / max(seconds, 1e-9)}
         self.metrics.append(row)
         if is_main_process():
             with open(self.run_dir / "metrics.jsonl", "a") as f:
