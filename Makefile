@@ -24,3 +24,9 @@ test: install
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
+
+# The paper notebooks, headless (scripts/run_notebooks.py; see notebooks/README.md). Full budget by default, which
+# needs a CUDA GPU: `make reproduce ARGS="--smoke"` for the CPU smoke run, ARGS="table7 -p EPOCHS=100" for a subset.
+.PHONY: reproduce
+reproduce: install
+	$(BIN)/python scripts/run_notebooks.py $(ARGS)

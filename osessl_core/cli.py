@@ -65,6 +65,7 @@ def cmd_train(ns) -> int:
     finally:
         if distributed.is_distributed():
             import torch.distributed as dist
+            distributed.barrier()  # tearing down while a peer is still in a collective aborts it
             dist.destroy_process_group()
     if distributed.is_main_process():
         if result.eval:

@@ -42,6 +42,12 @@ def snapshot(trainer, result):
             "state": {k: v.clone() for k, v in method.state_dict().items()}}
 
 
+def shutdown():
+    # No rank may tear down its gloo group while a peer is still in a collective: that aborts the process.
+    dist.barrier()
+    dist.destroy_process_group()
+
+
 def _worker(rank, world, init_file, root, run_dir, method, out):
     torch.set_num_threads(1)
     torch.set_default_dtype(torch.float64)
@@ -52,7 +58,7 @@ def _worker(rank, world, init_file, root, run_dir, method, out):
         if rank == 0:
             torch.save(snapshot(trainer, result), out)
     finally:
-        dist.destroy_process_group()
+        shutdown()
 
 
 @pytest.mark.parametrize("method", ["resa", "osessl"])
@@ -91,7 +97,7 @@ def _gather_worker(rank, world, init_file, out):
         (y * torch.arange(1.0, 6.0, dtype=torch.float64).view(5, 1)).sum().backward()
         torch.save({"y": y.detach(), "grad": x.grad}, f"{out}.{rank}")
     finally:
-        dist.destroy_process_group()
+        shutdown()
 
 
 def test_gather_with_grad_uneven_shards(tmp_path):

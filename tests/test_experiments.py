@@ -1,0 +1,266 @@
+"""osessl_core.experiments: the helpers that keep the notebooks thin."""
+import csv
+import json
+import math
+
+import pytest
+import torch
+
+from osessl_core import experiments as ex
+from osessl_core.config import TrainConfig
+from osessl_core.data import ImageDataset, load_dataset
+from osessl_core.engine import TrainResult
+from osessl_core.provenance import REPO_ROOT
+
+
+# ---------------------------------------------------------------------------------------------- configs and paths
+
+def test_train_config_smoke_and_full():
+    full = ex.train_config(False, "osessl")
+    assert full == TrainConfig(method="osessl")  # the paper recipe is TrainConfig's defaults
+    smoke = ex.train_config(True, "osessl", epochs=None, width=None)  # None means "the budget's value"
+    for k, v in ex.SMOKE_BUDGET.items():
+        assert getattr(smoke, k) == v
+    assert smoke.method_args == {"memory_size": 64}
+    assert ex.train_config(True, "resa").method_args == {}  # ReSA has no memory bank
+    cfg = ex.train_config(True, "osessl", {"k": 2, "memory_size": 128}, epochs=3, eval_linear=True)
+    assert cfg.epochs == 3 and cfg.eval_linear and cfg.method_args == {"memory_size": 128, "k": 2}
+    with pytest.raises(ValueError, match="unknown method"):
+        ex.train_config(True, "nosuch")
+
+
+def test_config_key_ignores_execution_fields():
+    cfg = ex.train_config(True, "osessl")
+    key = ex.config_key(cfg)
+    same = TrainConfig(**{**cfg.to_dict(), "device": "cuda", "max_steps": 3, "eval_linear": True,
+                          "linear_epochs": 9, "run_dir": "elsewhere", "data_root": "/x"})
+    assert ex.config_key(same) == key
+    assert ex.config_key(TrainConfig(**{**cfg.to_dict(), "width": 16})) != key
+    assert ex.config_key(TrainConfig(**{**cfg.to_dict(), "method_args": {"k": 2}})) != key
+    folder = TrainConfig(**{**cfg.to_dict(), "dataset": "imagefolder"})
+    assert ex.config_key(folder) != ex.config_key(ex.replace(folder, data_root="/other"))  # the folder is the data
+    d = ex.run_dir_for(cfg, "/tmp/runs", "cifar10-k=2 a/b")
+    assert d.parent.as_posix() == "/tmp/runs" and d.name == f"cifar10-k=2_a_b-{key}"
+
+
+def test_resolve_path_is_relative_to_the_repo():
+    assert ex.resolve_path("results/x") == REPO_ROOT / "results" / "x"
+    assert ex.resolve_path("/abs/x").as_posix() == "/abs/x"
+    assert ex.DEFAULT_DATA_ROOT == REPO_ROOT.parent / "shared" / "data"
+
+
+# ---------------------------------------------------------------------------------------------- result files
+
+def test_write_results_json_csv_provenance(tmp_path):
+    rows = [{"dataset": "cifar10", "row": "k=2", "linear_top1": 12.5, "method_args": {"k": 2}},
+            {"dataset": "cifar10", "row": "k=4", "linear_top1": torch.tensor(13.0), "knn_top1": 20.0}]
+    paths = ex.write_results(tmp_path, "t", rows, {"note": "x"}, config={"epochs": 1}, seed=3,
+                             data_source="/data", wall_seconds=1.5)
+    data = json.loads(paths["json"].read_text())
+    assert data["rows"][1]["linear_top1"] == 13.0 and data["note"] == "x"
+    assert data["seed"] == 3 and data["config"] == {"epochs": 1} and data["wall_seconds"] == 1.5
+    assert data["data_source"] == "/data"
+    assert {"git_sha", "device", "torch", "python"} <= set(data["provenance"])
+    with open(paths["csv"]) as f:
+        table = list(csv.DictReader(f))
+    assert [r["row"] for r in table] == ["k=2", "k=4"]
+    assert json.loads(table[0]["method_args"]) == {"k": 2} and table[0]["knn_top1"] == ""
+    with pytest.raises(ValueError, match="non-finite"):
+        ex.write_results(tmp_path, "bad", [{"x": math.nan}])
+
+
+def test_paper_numbers_and_differences():
+    t1 = ex.PAPER["table1"]
+    assert t1["cifar10"]["resa"] == {"linear_top1": 93.53, "knn_top1": 93.02}
+    assert t1["cifar10"]["osessl"] == {"linear_top1": 95.19, "knn_top1": 94.20}
+    assert t1["cifar100"]["resa"] == {"linear_top1": 72.21, "knn_top1": 66.83}
+    assert t1["cifar100"]["osessl"] == {"linear_top1": 75.47, "knn_top1": 69.89}
+    assert ex.PAPER["table7"]["cifar100"]["k=16"] == {"linear_top1": 74.6, "knn_top1": 68.7}
+    assert ex.PAPER["table14"]["cifar100"]["osessl"]["coarse_knn_top1"] == 82.2
+    row = ex.with_paper({"linear_top1": 90.0}, "table1", "cifar10", "osessl")
+    assert row["paper_linear_top1"] == 95.19 and row["diff_linear_top1"] == pytest.approx(-5.19)
+    assert row["paper_knn_top1"] == 94.20 and "diff_knn_top1" not in row  # nothing measured: no difference
+    assert ex.with_paper({"a": 1}, "table1", "cifar10", "unknown-method") == {"a": 1}
+    # Every sweep row label the notebooks build from the paper's values has a paper entry.
+    assert {f"alpha={a:g}" for a in (1.0, 0.75, 0.5, 0.25)} == set(ex.PAPER["table8"]["cifar10"])
+    assert {f"lam={v:g}" for v in (0.1, 0.5, 1)} | {f"mu={v:g}" for v in (0.1, 0.5, 1)} == set(
+        ex.PAPER["table15"]["cifar10"])
+
+
+def test_load_bench_reads_rows_and_skips_bad_files(tmp_path):
+    assert ex.load_bench(tmp_path / "missing") == []
+    (tmp_path / "a.json").write_text(json.dumps({"rows": [{"method": "resa", "images_per_s": 1.0}]}))
+    (tmp_path / "b.json").write_text(json.dumps({"method": "osessl", "images_per_s": 2.0}))
+    (tmp_path / "c.json").write_text("{not json")
+    rows = ex.load_bench(tmp_path)
+    assert [(r["file"], r["method"]) for r in rows] == [("a.json", "resa"), ("b.json", "osessl")]
+
+
+# ---------------------------------------------------------------------------------------------- small helpers
+
+def test_labelled_fraction_is_class_balanced_and_seeded():
+    labels = torch.arange(10).repeat_interleave(30)
+    idx = ex.labelled_fraction(labels, 0.1, seed=1)
+    assert torch.bincount(labels[idx]).tolist() == [3] * 10
+    assert torch.equal(idx, ex.labelled_fraction(labels, 0.1, seed=1))
+    assert not torch.equal(idx, ex.labelled_fraction(labels, 0.1, seed=2))
+    assert torch.bincount(labels[ex.labelled_fraction(labels, 0.001)]).tolist() == [1] * 10  # at least one
+    with pytest.raises(ValueError):
+        ex.labelled_fraction(labels, 0.0)
+
+
+def test_random_pool_excludes_and_is_seeded():
+    pool = ex.random_pool(100, 50, exclude=[0, 5, 7], seed=0)
+    assert len(pool) == 50 and len(set(pool.tolist())) == 50
+    assert not {0, 5, 7} & set(pool.tolist())
+    assert torch.equal(pool, ex.random_pool(100, 50, exclude=[0, 5, 7], seed=0))
+
+
+def _dataset(labels, classes, coarse=None, coarse_classes=None):
+    n = len(labels)
+    return ImageDataset(images=torch.zeros(n, 3, 4, 4, dtype=torch.uint8), labels=torch.tensor(labels),
+                        classes=classes, name="x", split="train", source="mem", mean=(0.5,) * 3, std=(0.2,) * 3,
+                        coarse_labels=None if coarse is None else torch.tensor(coarse), coarse_classes=coarse_classes)
+
+
+def test_coarse_view_groups_and_native_coarse_labels():
+    from osessl_core.data.datasets import CIFAR10_CLASSES
+    ds = _dataset(list(range(10)), CIFAR10_CLASSES)
+    coarse = ex.coarse_view(ds, ex.CIFAR10_STAND_IN_GROUPS)
+    assert coarse.classes == ["animal", "vehicle"]
+    assert coarse.labels.tolist() == [1, 1, 0, 0, 0, 0, 0, 0, 1, 1]
+    assert torch.equal(coarse.images, ds.images)
+    with pytest.raises(ValueError, match="no group"):
+        ex.coarse_view(ds, {"vehicle": ["airplane"]})
+    native = _dataset([0, 1, 2], ["a", "b", "c"], coarse=[1, 0, 1], coarse_classes=["p", "q"])
+    assert ex.coarse_view(native).labels.tolist() == [1, 0, 1] and ex.coarse_view(native).classes == ["p", "q"]
+    with pytest.raises(ValueError, match="no coarse labels"):
+        ex.coarse_view(ds)
+
+
+def test_quickstart_budget_restores():
+    from osessl_core import quickstart
+    before = dict(quickstart.CPU_BUDGET)
+    with ex.quickstart_budget(ex.SMOKE_QUICKSTART):
+        assert quickstart.CPU_BUDGET == ex.SMOKE_QUICKSTART
+    assert quickstart.CPU_BUDGET == before
+
+
+def test_experiment_run_trains_a_config_once(tmp_path, monkeypatch):
+    calls = []
+
+    def fake_train(cfg):
+        calls.append(cfg.run_dir)
+        return TrainResult(run_dir=cfg.run_dir, method=None, step=4, metrics=[{"loss": 1.0}],
+                           eval={"knn_top1": 50.0})
+
+    monkeypatch.setattr("osessl_core.engine.train", fake_train)
+    monkeypatch.setattr(ex, "steps_per_epoch", lambda cfg: 4)
+    monkeypatch.setattr(ex, "dataset_available", lambda name, root: (True, "src"))
+    exp = ex.start("t", True, str(tmp_path / "out"))
+    cfg = exp.config("osessl")
+    _, ev = exp.run(cfg, "a")
+    assert ev["knn_top1"] == 50.0 and ev["final_loss"] == 1.0 and ev["run_dir"].startswith(str(tmp_path / "out/runs/a-"))
+    _, again = exp.run(cfg, "b")  # same config under another label: not trained again
+    assert again is ev and len(calls) == 1
+    exp.run(ex.replace(cfg, width=16), "a")
+    assert len(calls) == 2 and calls[0] != calls[1]
+
+    def stopped_early(cfg):
+        return TrainResult(run_dir=cfg.run_dir, method=None, step=2, metrics=[])
+
+    monkeypatch.setattr("osessl_core.engine.train", stopped_early)
+    with pytest.raises(RuntimeError, match="run the notebook again"):
+        exp.run(ex.replace(cfg, width=32), "c")
+
+
+# ---------------------------------------------------------------------------------------------- with real data
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, cifar_root):
+    """A smoke-budget OSESSL run on real CIFAR-10 (1 epoch of 4 steps)."""
+    exp = ex.start("unit", True, str(tmp_path_factory.mktemp("exp")), data_root=cifar_root)
+    cfg = exp.config("osessl", eval_linear=True)
+    result, ev = exp.run(cfg, "cifar10-osessl")
+    from osessl_core.engine.trainer import load_train_data
+    return exp, cfg, result, ev, load_train_data(cfg)
+
+
+@pytest.mark.slow
+def test_sweep_rows_and_skipped_datasets(trained):
+    exp, *_ = trained
+    rows, skipped = ex.sweep(exp, [{"label": "k=8", "method_args": {"k": 8}}], ["cifar10", "cifar100"], "table7",
+                             extra_cols=("k", "alpha", "seed"), eval_linear=True)
+    assert [s["dataset"] for s in skipped] == (["cifar100"] if not ex.dataset_available("cifar100", exp.data_root)[0]
+                                               else [])
+    row = rows[0]
+    assert row["dataset"] == "cifar10" and row["row"] == "k=8" and (row["k"], row["alpha"], row["seed"]) == (8, 0.75, 0)
+    assert 0 <= row["linear_top1"] <= 100 and 0 <= row["knn_top1"] <= 100
+    assert row["paper_linear_top1"] == 95.2 and row["diff_knn_top1"] == pytest.approx(row["knn_top1"] - 94.2)
+    assert row["steps"] == 4
+
+
+@pytest.mark.slow
+def test_representations_and_exemplar_neighbours(trained):
+    exp, cfg, result, ev, train_set = trained
+    method = result.method
+    mean, std = train_set.mean, train_set.std
+    reps = ex.representations(method, train_set.images[:20], mean, std, "cpu")
+    assert reps["encoder"].shape == (20, method.encoder.out_dim)
+    assert reps["projector_hidden"].shape == (20, cfg.proj_hidden) and (reps["projector_hidden"] >= 0).all()  # ReLU
+    assert reps["projector"].shape == (20, cfg.proj_out)
+    pool = ex.random_pool(len(train_set), 60, exclude=method.exemplar_indices.cpu())
+    nb = ex.exemplar_neighbours(method, train_set.images[pool], mean, std, "cpu", k=4)
+    assert nb["pool_neighbours"].shape == (10, 4) and int(nb["pool_neighbours"].max()) < 60
+    assert torch.allclose(nb["pool_weights"].sum(1), torch.ones(10))
+    assert nb["bank_filled"] == 64 and nb["bank_neighbours"].shape == (10, 4)
+    fig = ex.plot_exemplar_grid(method.exemplar_images.cpu(), train_set.images[pool[nb["pool_neighbours"]]],
+                                train_set.classes, train_set.labels[pool[nb["pool_neighbours"]]])
+    assert len(fig.axes) == 10 * 5
+
+
+@pytest.mark.slow
+def test_evaluate_views_fine_and_coarse(trained):
+    exp, cfg, result, ev, train_set = trained
+    test_set = load_dataset("cifar10", exp.data_root, "test")
+    groups = ex.CIFAR10_STAND_IN_GROUPS
+    out = ex.evaluate_views(result.method, cfg, {"fine": (train_set, test_set),
+                                                 "coarse": (ex.coarse_view(train_set, groups),
+                                                            ex.coarse_view(test_set, groups))}, "cpu")
+    assert out["fine_classes"] == 10 and out["coarse_classes"] == 2
+    assert out["fine_knn_top1"] == pytest.approx(ev["knn_top1"])  # the same evaluation as the trainer's
+    for k in ("fine_knn_top1", "fine_linear_top1", "coarse_knn_top1", "coarse_linear_top1"):
+        assert 0 <= out[k] <= 100
+
+
+@pytest.mark.slow
+def test_finetune_and_timing(trained):
+    exp, cfg, result, ev, train_set = trained
+    test_set = train_set.subset(slice(0, 50))
+    before = {k: v.clone() for k, v in result.method.momentum_encoder.state_dict().items()}
+    res = ex.finetune(result.method, train_set, test_set, 0.1, epochs=1, batch_size=16, device="cpu")
+    assert res["n_labelled"] == len(ex.labelled_fraction(train_set.labels, 0.1))
+    assert 0 <= res["top1"] <= res["top5"] <= 100 and math.isfinite(res["final_train_loss"])
+    after = result.method.momentum_encoder.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # fine-tuning works on a copy
+    timing = ex.time_training(exp, cfg, "osessl", warmup_steps=1, measure_steps=2)
+    assert timing["measured_steps"] == 2 and timing["images_per_s"] > 0
+    assert timing["gpu_peak_memory_gb"] == "n/a" and timing["process_max_rss_gb"] > 0
+    assert timing["seconds_per_epoch"] == pytest.approx(timing["steps_per_epoch"] * cfg.batch_size / timing["images_per_s"])
+
+
+@pytest.mark.slow
+def test_make_image_folder_from_cifar(tmp_path, cifar_root):
+    dest = ex.make_image_folder_from_cifar(tmp_path / "f", f"{cifar_root}/{ex.CIFAR_ARCHIVE_NAME}", 3, 2,
+                                           classes=["cat", "dog"])
+    assert sorted(p.name for p in (dest / "train").iterdir()) == ["cat", "dog"]
+    assert all(len(list((dest / s / c).glob("*.jpg"))) == n for s, n in (("train", 3), ("test", 2))
+               for c in ("cat", "dog"))
+    ds = load_dataset("imagefolder", dest, "train", cache_dir=tmp_path / "cache")
+    assert ds.images.shape == (6, 3, 32, 32) and ds.classes == ["cat", "dog"]
+    marker = (dest / ".complete.json").stat().st_mtime_ns
+    assert ex.make_image_folder_from_cifar(dest, f"{cifar_root}/{ex.CIFAR_ARCHIVE_NAME}", 3, 2,
+                                           classes=["cat", "dog"]) == dest
+    assert (dest / ".complete.json").stat().st_mtime_ns == marker  # complete: reused, not rebuilt
+    with pytest.raises(ValueError, match="unknown CIFAR-10 classes"):
+        ex.make_image_folder_from_cifar(tmp_path / "g", classes=["unicorn"])
