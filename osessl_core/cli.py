@@ -75,17 +75,13 @@ def cmd_train(ns) -> int:
 
 
 def cmd_eval(ns) -> int:
-    from .engine.evaluate import evaluate_run
+    from .engine import load_run
     from .engine.checkpoint import atomic_write_json
-    from .engine.trainer import Trainer
+    from .engine.evaluate import evaluate_run
     from .provenance import provenance
-    cfg = TrainConfig.load(Path(ns.run_dir) / "config.json")
-    cfg = dataclasses.replace(cfg, run_dir=ns.run_dir, resume=True, eval_knn=True, eval_linear=ns.linear,
-                              linear_epochs=ns.linear_epochs, device=ns.device, compile=False)
-    if not (Path(ns.run_dir) / "checkpoint.pt").exists():
-        raise SystemExit(f"error: no checkpoint.pt in {ns.run_dir}")
-    trainer = Trainer(cfg)
-    out = evaluate_run(trainer.method, cfg, trainer.train_set, trainer.device)
+    trainer = load_run(ns.run_dir, eval_knn=True, eval_linear=ns.linear, linear_epochs=ns.linear_epochs,
+                       device=ns.device, progress=True)
+    out = evaluate_run(trainer.method, trainer.cfg, trainer.train_set, trainer.device)
     atomic_write_json(Path(ns.run_dir) / "eval.json", {**out, "step": trainer.step,
                                                        "provenance": provenance(trainer.device)})
     print(json.dumps(out, indent=2))

@@ -55,18 +55,21 @@ def shard_bounds(n: int, r: int | None = None, w: int | None = None) -> tuple[in
     return start, start + base + (1 if r < extra else 0)
 
 
-def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
+def gather_with_grad(x: torch.Tensor, sizes: list[int] | None = None) -> torch.Tensor:
     """Concatenate `x` from all ranks (rank order), sizes may differ along dim 0; gradients flow back to their
-    rank (summed over the ranks that used them). Uses torch's autograd-aware collective, not a raw all_gather."""
+    rank (summed over the ranks that used them). Uses torch's autograd-aware collective, not a raw all_gather.
+    Pass the per-rank `sizes` when they are known (e.g. from `shard_bounds`) to skip exchanging them, which
+    costs a collective and a host sync."""
     if not is_distributed():
         return x
     with warnings.catch_warnings():  # deprecated in favour of a private API; still autograd-aware
         warnings.simplefilter("ignore", FutureWarning)
         from torch.distributed.nn.functional import all_gather
-    n = torch.tensor([x.shape[0]], device=x.device)
-    sizes = [torch.zeros_like(n) for _ in range(world_size())]
-    dist.all_gather(sizes, n)
-    sizes = [int(s) for s in sizes]
+    if sizes is None:
+        n = torch.tensor([x.shape[0]], device=x.device)
+        counts = [torch.zeros_like(n) for _ in range(world_size())]
+        dist.all_gather(counts, n)
+        sizes = [int(s) for s in counts]
     pad = max(sizes) - x.shape[0]
     if pad:  # all_gather needs equal shapes: pad with zero rows, dropped again below
         x = torch.cat([x, x.new_zeros(pad, *x.shape[1:])])

@@ -561,13 +561,8 @@ def evaluate_views(method, cfg: TrainConfig, views: dict[str, tuple], device) ->
 
 def load_run(run_dir: str | Path, **overrides):
     """Load a finished (or partial) run directory's model without training: returns the core's Trainer."""
-    from .engine import Trainer
-    run_dir = resolve_path(run_dir)
-    if not (run_dir / "checkpoint.pt").exists():
-        raise FileNotFoundError(f"no checkpoint.pt in {run_dir}")
-    cfg = TrainConfig.load(run_dir / "config.json")
-    cfg = replace(cfg, run_dir=str(run_dir), resume=True, progress=False, compile=False, **overrides)
-    return Trainer(cfg)
+    from .engine import load_run as load
+    return load(resolve_path(run_dir), **overrides)
 
 
 # ============================================================================================ Figure 4

@@ -18,8 +18,7 @@ pytestmark = pytest.mark.slow
 
 
 def one_step(trainer, views):
-    if trainer.channels_last:
-        views = {k: v.contiguous(memory_format=torch.channels_last) if v.dim() == 4 else v for k, v in views.items()}
+    views = trainer.to_memory_format(views)
     trainer.optimizer.zero_grad(set_to_none=True)
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=trainer.amp):
         terms, _ = trainer.loss_fn(views)

@@ -10,7 +10,7 @@ import json
 import math
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -188,10 +188,7 @@ class Trainer:
             group["lr"] = lr_at(self.step, self.total_steps, self.warmup_steps, self.peak_lr,
                                 self.cfg.final_lr_ratio)
         with phase("augment"), torch.no_grad():
-            views = self.method.make_views(batch, self.rng)
-            if self.channels_last:
-                views = {k: v.contiguous(memory_format=torch.channels_last) if v.dim() == 4 else v
-                         for k, v in views.items()}
+            views = self.to_memory_format(self.method.make_views(batch, self.rng))
         with phase("forward_loss"):
             self.method.momentum_update(momentum_at(self.step, self.total_steps, self.cfg.momentum_base))
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
@@ -204,6 +201,12 @@ class Trainer:
             self.method.after_step(views, aux)
         self.step += 1
         return {k: v.detach() for k, v in terms.items()}
+
+    def to_memory_format(self, views: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Image views in the network's memory format (channels_last on the fast path)."""
+        if not self.channels_last:
+            return views
+        return {k: v.contiguous(memory_format=torch.channels_last) if v.dim() == 4 else v for k, v in views.items()}
 
     def _batch(self, step: int) -> torch.Tensor:
         epoch, it = divmod(step, self.steps_per_epoch)
@@ -267,6 +270,17 @@ class Trainer:
             with open(self.run_dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(row) + "\n")
         return row
+
+
+def load_run(run_dir: str | Path, **overrides) -> Trainer:
+    """A run directory's model and state without training: its config.json with `overrides`, resumed from its
+    checkpoint (not compiled). Used to evaluate or inspect finished or partial runs."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "checkpoint.pt").exists():
+        raise FileNotFoundError(f"no checkpoint.pt in {run_dir}")
+    cfg = TrainConfig.load(run_dir / "config.json")
+    return Trainer(replace(cfg, **{"run_dir": str(run_dir), "resume": True, "progress": False, "compile": False,
+                                   **overrides}))
 
 
 def train(cfg: TrainConfig, train_set=None) -> TrainResult:

@@ -16,8 +16,9 @@ def sinkhorn(scores: torch.Tensor, eps: float = 0.05, iters: int = 3) -> torch.T
     same on every rank). Sums over rows are therefore all-reduced; sums over columns stay local. This is ReSA's
     `Q = exp(S/eps)^T; Q /= sum; repeat {rows /= K; cols /= B}; Q *= B` written on A = Q^T.
     """
-    a = scores.detach().clone()
+    a = scores.detach()
     # A global constant shift cancels in the first normalisation; it must be global so ranks stay consistent.
+    # exp() returns a new tensor, so the in-place divisions below never touch the caller's scores.
     a = torch.exp((a - all_reduce_(a.max().clone(), "max")) / eps)
     n_cols = a.shape[1]
     n_rows = a.shape[0] * world_size()

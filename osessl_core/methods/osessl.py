@@ -91,7 +91,9 @@ class OSESSL(ReSA):
         h_cat, g_cat = self.embed(torch.cat([weak, views["exemplars"]]))
         h_weak, g_weak = h_cat[:n], g_cat[:n]
         z_weak = F.normalize(g_weak, dim=1)
-        z_l = gather_with_grad(F.normalize(g_cat[n:], dim=1))  # all exemplars, class order
+        n_ex = self.exemplar_images.shape[0]
+        shards = [hi - lo for lo, hi in (shard_bounds(n_ex, r) for r in range(world_size()))]
+        z_l = gather_with_grad(F.normalize(g_cat[n:], dim=1), shards)  # all exemplars, class order
         if p.shots > 1:
             z_l = F.normalize(z_l.view(self.num_classes, p.shots, -1).mean(1), dim=1)
         _, g_strong = self.embed(strong)
