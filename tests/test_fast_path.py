@@ -41,7 +41,8 @@ def setup(tmp_path_factory, cifar_root):
     bank = F.normalize(torch.randn(192, 64, generator=torch.Generator().manual_seed(0)), dim=1)
     eager.method.memory.enqueue(bank)  # a partly filled bank, so prototypes use real neighbours
     with torch.no_grad():
-        views = eager.method.make_views(eager._batch(0), eager.rng)
+        images, ids = eager._batch(0)
+        views = eager.method.make_views(images, eager.rng, ids)
 
     def step(**kw):
         t = Trainer(replace(cfg, run_dir=str(tmp / "x"), resume=False, **kw), train_set=eager.train_set)

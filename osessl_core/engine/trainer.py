@@ -178,8 +178,9 @@ class Trainer:
                 "optimizer": self.optimizer.state_dict(), "rng": self.rng.state_dict()})
 
     # ---- training ------------------------------------------------------------------------------------------
-    def train_step(self, batch: torch.Tensor, phase=None) -> dict[str, torch.Tensor]:
-        """One optimisation step on a uint8 batch already on the device. Returns detached loss terms (no sync).
+    def train_step(self, batch: tuple[torch.Tensor, torch.Tensor], phase=None) -> dict[str, torch.Tensor]:
+        """One optimisation step on a batch (uint8 images, dataset indices) already on the device. Returns detached
+        loss terms (no sync).
 
         `phase(name)` is an optional context-manager factory wrapped around each part of the step (the benchmark
         times "augment", "forward_loss", "backward" and "optimizer" with it)."""
@@ -187,8 +188,10 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr_at(self.step, self.total_steps, self.warmup_steps, self.peak_lr,
                                 self.cfg.final_lr_ratio)
+        self.method.begin_step(self.step, self.steps_per_epoch)
         with phase("augment"), torch.no_grad():
-            views = self.to_memory_format(self.method.make_views(batch, self.rng))
+            images, ids = batch
+            views = self.to_memory_format(self.method.make_views(images, self.rng, ids))
         with phase("forward_loss"):
             self.method.momentum_update(momentum_at(self.step, self.total_steps, self.cfg.momentum_base))
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
@@ -208,14 +211,16 @@ class Trainer:
             return views
         return {k: v.contiguous(memory_format=torch.channels_last) if v.dim() == 4 else v for k, v in views.items()}
 
-    def _batch(self, step: int) -> torch.Tensor:
+    def _batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """This rank's share of the global batch of `step`: (uint8 images, their dataset indices)."""
         epoch, it = divmod(step, self.steps_per_epoch)
         if getattr(self, "_order_epoch", None) != epoch:
             self._order = epoch_order(self.cfg.seed, epoch, len(self.images)).to(self.device)
             self._order_epoch = epoch
         b, r, w = self.cfg.batch_size, rank(), world_size()
         start = (it * w + r) * b  # each rank takes its slice of the global batch
-        return self.images[self._order[start:start + b]]
+        ids = self._order[start:start + b]
+        return self.images[ids], ids
 
     def fit(self) -> TrainResult:
         cfg = self.cfg

@@ -1,9 +1,11 @@
 """The interface every method implements, and the online/momentum twin that ReSA-style methods share.
 
-The engine calls, per step: `views = method.make_views(images_u8, rng)` (augmentation, mixing and any other
-randomness, drawn from the run's generators), `method.momentum_update(m)`, `terms, aux = method.loss_terms(views)`
-(the differentiable part, compiled on GPU: scalar terms including the total "loss", plus auxiliary tensors),
-backward and the optimiser step, then `method.after_step(views, aux)` (memory updates).
+The engine calls, per step: `method.begin_step(step, steps_per_epoch)` (epoch-level bookkeeping, e.g. retraining
+an auxiliary head), `views = method.make_views(images_u8, rng, ids)` (augmentation, mixing and any other
+randomness, drawn from the run's generators; `ids` are the batch's dataset indices), `method.momentum_update(m)`,
+`terms, aux = method.loss_terms(views)` (the differentiable part, compiled on GPU: scalar terms including the total
+"loss", plus auxiliary tensors), backward and the optimiser step, then `method.after_step(views, aux)` (memory
+updates). Everything a method keeps across steps lives in its parameters and buffers, so checkpoints resume it.
 """
 from __future__ import annotations
 
@@ -56,7 +58,11 @@ class Method(nn.Module):
     name: str = ""
     Params: type = object
 
-    def make_views(self, images: torch.Tensor, rng: StepRandom) -> dict[str, torch.Tensor]:
+    def begin_step(self, step: int, steps_per_epoch: int) -> None:
+        """Called before each step with the global step count (a pure function of it, so resume is exact)."""
+
+    def make_views(self, images: torch.Tensor, rng: StepRandom, ids: torch.Tensor) -> dict[str, torch.Tensor]:
+        """images: this rank's uint8 batch (B x 3 x H x W); ids: their indices in the training set (B,)."""
         raise NotImplementedError
 
     def forward(self, views: dict[str, torch.Tensor]):

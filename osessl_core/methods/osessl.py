@@ -63,8 +63,8 @@ class OSESSL(ReSA):
         p = self.params
         return p.mu != 0 and (p.use_mix_proto or p.use_mix_ins)
 
-    def make_views(self, images: torch.Tensor, rng: StepRandom) -> dict[str, torch.Tensor]:
-        views = super().make_views(images, rng)
+    def make_views(self, images: torch.Tensor, rng: StepRandom, ids: torch.Tensor) -> dict[str, torch.Tensor]:
+        views = super().make_views(images, rng, ids)
         # Each rank forwards a contiguous share of the exemplars (fresh weak augmentation each step), so that
         # across ranks BN sees every exemplar exactly once, as in a single process; z_l is gathered later.
         n_ex = self.exemplar_images.shape[0]

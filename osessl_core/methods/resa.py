@@ -29,7 +29,7 @@ class ReSA(TwinMethod):
         self.weak = weak_view(data.image_size, data.mean, data.std)
         self.strong = strong_view(data.image_size, data.mean, data.std, blur_prob=params.blur_prob)
 
-    def make_views(self, images: torch.Tensor, rng: StepRandom) -> dict[str, torch.Tensor]:
+    def make_views(self, images: torch.Tensor, rng: StepRandom, ids: torch.Tensor) -> dict[str, torch.Tensor]:
         # Parameters are drawn for the global batch and this rank's rows used, so views match 1-process runs.
         n = images.shape[0]
         shard = {"total": n * world_size(), "offset": n * rank()}
