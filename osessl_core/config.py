@@ -40,8 +40,10 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"               # auto | cpu | cuda | cuda:N
     amp: bool | None = None            # bf16 autocast; None = on for CUDA
-    compile: bool | None = None        # torch.compile the loss; None = on for CUDA
+    compile: bool | None = None        # torch.compile the loss and the augmentations; None = on for CUDA
+    cuda_graphs: bool | None = None    # replay the compiled step as CUDA graphs; None = on for compiled 1-GPU runs
     channels_last: bool | None = None  # None = on for CUDA
+    tf32: bool | None = None           # TF32 matmuls/convolutions in fp32 code; None = on for CUDA
     max_steps: int | None = None       # stop early (the schedules still use the full length)
     time_limit: float | None = None    # seconds of training in this process; then checkpoint and exit (resumable)
     # run directory and bookkeeping

@@ -51,7 +51,7 @@ SMOKE_EMBED = dict(points=150, tsne_iter=300, umap_epochs=30)
 # TrainConfig fields that change how a run executes or is evaluated, not what it learns: left out of the run
 # directory's name, so that e.g. re-evaluating with a linear probe reuses the same checkpoint.
 EXECUTION_FIELDS = frozenset({
-    "data_root", "device", "amp", "compile", "channels_last", "max_steps", "time_limit", "run_dir", "resume",
+    "data_root", "device", "amp", "compile", "cuda_graphs", "channels_last", "tf32", "max_steps", "time_limit", "run_dir", "resume",
     "ckpt_every", "log_every", "progress", "eval_knn", "eval_linear", "linear_epochs", "eval_test_subset"})
 
 

@@ -24,9 +24,10 @@ Known deviations from the PIL reference (all small, see tests):
 * Blur (not in the CIFAR recipe) uses an odd kernel of ~10% of the output side,
   sigma ~ U[0.1, 2.0], reflect padding, like torchvision's GaussianBlur on tensors.
 
-torch.compile (fullgraph) traces ``__call__`` with ``generator=None``; dynamo cannot
-trace an explicit ``torch.Generator`` argument, so seed the default RNG there, or keep
-the augmentation outside the compiled region.
+Randomness is one ``torch.rand(B, D)`` draw per view from the caller's generator; every
+parameter (crop box, flip, jitter factors and order, ...) is a pure function of those
+uniforms, so ``ViewAugment.apply(images, uniforms)`` compiles into a few fused kernels
+(dynamo cannot trace an explicit ``torch.Generator``, so the draw itself stays eager).
 """
 
 from __future__ import annotations
@@ -59,20 +60,19 @@ def _per_sample(t: torch.Tensor) -> torch.Tensor:
 # ----------------------------------------------------------------------------- crops
 
 
-def sample_crop_boxes(batch: int, height: int, width: int, scale=(0.2, 1.0), ratio=RATIO,
-                      generator: torch.Generator | None = None, device=None):
-    """Per-sample RandomResizedCrop.get_params: returns int64 tensors (i, j, h, w), each (batch,).
+CROP_UNIFORMS = 22  # 10 scale and 10 aspect attempts, then the top and left offsets
 
-    All 10 attempts are drawn for every sample at once and the first valid one
+
+def crop_boxes(u: torch.Tensor, height: int, width: int, scale=(0.2, 1.0), ratio=RATIO):
+    """Per-sample RandomResizedCrop.get_params from uniforms u (B, CROP_UNIFORMS): int64 (i, j, h, w), each (B,).
+
+    All 10 attempts are evaluated for every sample at once and the first valid one
     is kept; samples with no valid attempt get torchvision's central fallback.
     """
-    def rand(*shape):
-        return torch.rand(*shape, generator=generator, device=device)
-
     area = height * width
     log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
-    target_area = area * (scale[0] + (scale[1] - scale[0]) * rand(batch, 10))
-    aspect = torch.exp(log_lo + (log_hi - log_lo) * rand(batch, 10))
+    target_area = area * (scale[0] + (scale[1] - scale[0]) * u[:, :10])
+    aspect = torch.exp(log_lo + (log_hi - log_lo) * u[:, 10:20])
     # torch.round rounds half to even, like Python's round() in torchvision.
     w = torch.round(torch.sqrt(target_area * aspect))
     h = torch.round(torch.sqrt(target_area / aspect))
@@ -94,11 +94,18 @@ def sample_crop_boxes(batch: int, height: int, width: int, scale=(0.2, 1.0), rat
     h = torch.where(found, h, torch.full_like(h, fh))
 
     # randint(0, n + 1) as floor(U * (n + 1)); the clamp guards against U rounding up to 1.
-    i = torch.minimum(torch.floor(rand(batch) * (height - h + 1)), height - h)
-    j = torch.minimum(torch.floor(rand(batch) * (width - w + 1)), width - w)
+    i = torch.minimum(torch.floor(u[:, 20] * (height - h + 1)), height - h)
+    j = torch.minimum(torch.floor(u[:, 21] * (width - w + 1)), width - w)
     i = torch.where(found, i, torch.full_like(i, (height - fh) // 2))
     j = torch.where(found, j, torch.full_like(j, (width - fw) // 2))
     return i.long(), j.long(), h.long(), w.long()
+
+
+def sample_crop_boxes(batch: int, height: int, width: int, scale=(0.2, 1.0), ratio=RATIO,
+                      generator: torch.Generator | None = None, device=None):
+    """`crop_boxes` on fresh uniforms from `generator`."""
+    u = torch.rand(batch, CROP_UNIFORMS, generator=generator, device=device)
+    return crop_boxes(u, height, width, scale, ratio)
 
 
 def crop_resize(x: torch.Tensor, boxes, size: int, flip: torch.Tensor | None = None,
@@ -255,45 +262,57 @@ class ViewAugment:
         return (f"ViewAugment(kind={self.kind!r}, size={self.size}, crop_scale={self.crop_scale}, "
                 f"blur_prob={self.blur_prob}, solarize_prob={self.solarize_prob})")
 
+    @property
+    def num_uniforms(self) -> int:
+        """Uniforms per sample: crop, flip, then (strong) jitter gate, 4 factors, 4 order keys, grey, [blur gate,
+        sigma], solarize gate."""
+        strong = 11 + (2 if self.blur_prob > 0 else 0) if self.kind == "strong" else 0
+        return CROP_UNIFORMS + 1 + strong
+
+    def compile(self, **kwargs) -> "ViewAugment":
+        """Compile `apply` (a handful of fused kernels instead of ~100 launches per view); returns self."""
+        self._apply = torch.compile(self.apply, dynamic=False, **kwargs)
+        return self
+
     def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None,
                  total: int | None = None, offset: int = 0) -> torch.Tensor:
         """Augment `images`. With `total`, the random parameters are drawn for a batch of `total` samples and
         rows [offset, offset + B) of them are used: every rank of a distributed run draws the global batch's
         parameters from a shared generator and augments only its shard, so views do not depend on world size."""
         _check_images(images)
-        b, _, height, width = images.shape
-        dev = images.device
+        b = images.shape[0]
         n = b if total is None else total
         if not 0 <= offset <= n - b:
             raise ValueError(f"rows [{offset}, {offset + b}) do not fit in a batch of {n}")
-        rows = slice(offset, offset + b)
+        u = torch.rand(n, self.num_uniforms, generator=generator, device=images.device)[offset:offset + b]
+        return getattr(self, "_apply", self.apply)(images, u)
 
-        def rand(*shape):
-            return torch.rand(n, *shape[1:], generator=generator, device=dev)[rows]
-
-        boxes = tuple(t[rows] for t in sample_crop_boxes(n, height, width, self.crop_scale, RATIO, generator, dev))
+    def apply(self, images: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """The view of uint8 `images` for per-sample uniforms u (B, num_uniforms): deterministic, no host sync."""
+        _, _, height, width = images.shape
+        u = u.to(torch.get_default_dtype())
+        boxes = crop_boxes(u[:, :CROP_UNIFORMS], height, width, self.crop_scale, RATIO)
+        u = u[:, CROP_UNIFORMS:]
         # The flip is the pipeline's last op but commutes with every pixel op, so fold it into the crop.
-        flip = rand(b) < 0.5
+        flip = u[:, 0] < 0.5
         strong = self.kind == "strong"
-        x = crop_resize(images.to(torch.get_default_dtype()) / 255, boxes, self.size, flip,
-                        mode="bicubic" if strong else "bilinear")
+        x = crop_resize(images.to(u.dtype) / 255, boxes, self.size, flip, mode="bicubic" if strong else "bilinear")
         if strong:
-            apply = rand(b) < 0.8
-            u = rand(b, 4)
-            factors = torch.stack([lo + (hi - lo) * u[:, k]
+            apply = u[:, 1] < 0.8
+            factors = torch.stack([lo + (hi - lo) * u[:, 2 + k]
                                    for k, (lo, hi) in enumerate(zip(JITTER_LOW, JITTER_HIGH))], 1)
-            order = rand(b, 4).argsort(dim=1)  # uniform random permutation per sample
+            order = u[:, 6:10].argsort(dim=1)  # uniform random permutation per sample
             x = torch.where(_per_sample(apply), color_jitter(x, factors, order), x)
 
-            gray = rand(b) < 0.2
+            gray = u[:, 10] < 0.2
             x = torch.where(_per_sample(gray), rgb_to_gray(x).expand_as(x), x)
 
             if self.blur_prob > 0:  # static config, not data-dependent
-                blur = rand(b) < self.blur_prob
-                sigma = BLUR_SIGMA[0] + (BLUR_SIGMA[1] - BLUR_SIGMA[0]) * rand(b)
+                blur = u[:, 11] < self.blur_prob
+                sigma = BLUR_SIGMA[0] + (BLUR_SIGMA[1] - BLUR_SIGMA[0]) * u[:, 12]
                 x = torch.where(_per_sample(blur), gaussian_blur(x, sigma, blur_kernel_size(self.size)), x)
 
-            sol = rand(b) < self.solarize_prob
+            sol = u[:, -1] < self.solarize_prob
             x = torch.where(_per_sample(sol), solarize(x), x)
         return _normalize_float(x, self.mean, self.std)
 

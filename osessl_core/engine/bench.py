@@ -13,6 +13,7 @@ import gc
 import resource
 import tempfile
 import time
+import warnings
 from collections import defaultdict
 from dataclasses import replace
 from pathlib import Path
@@ -26,10 +27,12 @@ from .checkpoint import atomic_write_json
 from .trainer import Trainer, load_train_data, resolve_device
 
 NETWORKS = ("encoder", "projector", "predictor", "momentum_encoder", "momentum_projector")
-MODES = {  # name -> (amp, compile, channels_last); None = the trainer's default for the device
-    "eager_fp32": (False, False, False),
-    "eager_bf16": (True, False, None),
-    "fast": (None, None, None),
+MODES = {  # name -> TrainConfig overrides; None = the trainer's default for the device
+    # The plain reference path: eager, strict fp32 (no TF32 tensor-core rounding), contiguous NCHW.
+    "eager_fp32": dict(amp=False, compile=False, cuda_graphs=False, channels_last=False, tf32=False),
+    "eager_bf16": dict(amp=True, compile=False, cuda_graphs=False, channels_last=None, tf32=None),
+    # The default CUDA path: bf16 autocast, channels_last, compiled loss and augmentations, CUDA graphs.
+    "fast": dict(amp=None, compile=None, cuda_graphs=None, channels_last=None, tf32=None),
 }
 
 
@@ -77,6 +80,18 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
+def count_host_syncs(trainer: Trainer) -> int:
+    """Synchronising CUDA calls (e.g. .item(), pageable copies) made by one training step, via sync-debug mode."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            trainer.train_step(trainer._batch(trainer.step))
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return sum("synchroniz" in str(w.message) for w in caught)
+
+
 def bench_one(cfg: TrainConfig, train_set, warmup: int, steps: int) -> dict:
     device = resolve_device(cfg.device)
     if device.type == "cuda":
@@ -92,6 +107,7 @@ def bench_one(cfg: TrainConfig, train_set, warmup: int, steps: int) -> dict:
         for _ in range(steps):
             trainer.train_step(trainer._batch(trainer.step))
     total_ms = timer.totals_ms()["step"] / steps
+    syncs = count_host_syncs(trainer) if device.type == "cuda" else None
 
     # Instrumented pass for the breakdown (synchronises per phase, so it is slower than the headline).
     phases = PhaseTimer(device)
@@ -108,10 +124,11 @@ def bench_one(cfg: TrainConfig, train_set, warmup: int, steps: int) -> dict:
     if "network_forward" in t:
         t["loss"] = t["forward_loss"] - t["network_forward"]
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
-    row = {"method": cfg.method, "amp": trainer.amp, "compile": trainer.compile, "channels_last": trainer.channels_last,
+    row = {"method": cfg.method, "amp": trainer.amp, "compile": trainer.compile, "cuda_graphs": trainer.cuda_graphs,
+           "channels_last": trainer.channels_last, "tf32": device.type == "cuda" and cfg.tf32 is not False,
            "ms_per_step": total_ms, "images_per_s": cfg.batch_size / total_ms * 1000,
            "breakdown_ms": {k: round(v, 4) for k, v in sorted(t.items())},
-           "peak_gpu_memory_gib": peak, "warmup_s": warmup_s,
+           "peak_gpu_memory_gib": peak, "host_syncs_per_step": syncs, "warmup_s": warmup_s,
            "max_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
     del trainer
     gc.collect()
@@ -129,10 +146,10 @@ def run_bench(base: TrainConfig, methods=None, modes=tuple(MODES), warmup: int =
     with tempfile.TemporaryDirectory() as tmp:
         for method in methods:
             for mode in modes:
-                amp, comp, cl = MODES[mode]
-                if device.type != "cuda" and comp is None and not compile_on_cpu:
-                    comp = False  # inductor's CPU compile takes minutes; opt in with compile_on_cpu
-                cfg = replace(base, method=method, amp=amp, compile=comp, channels_last=cl, resume=False,
+                flags = dict(MODES[mode])
+                if device.type != "cuda" and flags["compile"] is None and not compile_on_cpu:
+                    flags["compile"] = False  # inductor's CPU compile takes minutes; opt in with compile_on_cpu
+                cfg = replace(base, method=method, **flags, resume=False,
                               run_dir=f"{tmp}/{method}-{mode}", progress=False, eval_knn=False, eval_linear=False,
                               method_args=base.method_args if method == base.method else {})
                 row = {"mode": mode, **bench_one(cfg, train_set, warmup, steps)}

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from ..config import TrainConfig
 from ..data import load_dataset
+from ..data.augment import ViewAugment
 from ..distributed import agree_any, all_reduce_, barrier, is_distributed, is_main_process, rank, world_size
 from ..methods import DataContext, Method, StepRandom, build_method
 from ..models import momentum_at
@@ -43,6 +44,11 @@ class TrainResult:
     step: int
     metrics: list[dict[str, Any]] = field(default_factory=list)
     eval: dict[str, Any] | None = None
+
+
+def view_augmentations(method: torch.nn.Module) -> list[ViewAugment]:
+    """Every augmentation pipeline held by the method or its submodules."""
+    return [v for m in method.modules() for v in vars(m).values() if isinstance(v, ViewAugment)]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -88,10 +94,16 @@ class Trainer:
         self.amp = cuda if cfg.amp is None else cfg.amp
         self.compile = cuda if cfg.compile is None else cfg.compile
         self.channels_last = cuda if cfg.channels_last is None else cfg.channels_last
+        # CUDA graphs need static addresses; DDP's bucketed all-reduce in backward is kept out of them.
+        default_graphs = cuda and self.compile and not is_distributed()
+        self.cuda_graphs = default_graphs if cfg.cuda_graphs is None else cfg.cuda_graphs
+        if self.cuda_graphs and not (cuda and self.compile):
+            raise ValueError("cuda_graphs needs compile on a CUDA device")
         if cuda:
             torch.backends.cudnn.benchmark = True
-            torch.backends.cuda.matmul.allow_tf32 = True
-            torch.backends.cudnn.allow_tf32 = True
+            tf32 = cfg.tf32 is not False
+            torch.backends.cuda.matmul.allow_tf32 = tf32
+            torch.backends.cudnn.allow_tf32 = tf32
         self.run_dir = Path(cfg.run_dir)
         self.train_set = train_set if train_set is not None else load_train_data(cfg)
         n = len(self.train_set)
@@ -126,7 +138,13 @@ class Trainer:
         self.rng = StepRandom.create(cfg.seed, self.device)
         self.images = self.train_set.images.to(self.device)  # resident uint8; augmented on the device
         self.step = 0
-        self.loss_fn = torch.compile(self.model) if self.compile else self.model
+        self.loss_fn = self.model
+        if self.compile:
+            # The loss (forward, and backward through AOTAutograd) as one graph, replayed as CUDA graphs on one GPU;
+            # each augmentation pipeline as another (its random draw stays eager: see data/augment.py).
+            self.loss_fn = torch.compile(self.model, mode="reduce-overhead" if self.cuda_graphs else None)
+            for aug in view_augmentations(self.method):
+                aug.compile()
         self.metrics: list[dict[str, Any]] = []
         self._resume_or_start()
 
@@ -189,6 +207,8 @@ class Trainer:
             group["lr"] = lr_at(self.step, self.total_steps, self.warmup_steps, self.peak_lr,
                                 self.cfg.final_lr_ratio)
         self.method.begin_step(self.step, self.steps_per_epoch)
+        if self.cuda_graphs:
+            torch.compiler.cudagraph_mark_step_begin()  # the previous step's graph outputs are consumed
         with phase("augment"), torch.no_grad():
             images, ids = batch
             views = self.to_memory_format(self.method.make_views(images, self.rng, ids))

@@ -20,6 +20,15 @@ from torch import nn
 from ..models import build_encoder, build_predictor, build_projector, ema_update_, momentum_copy
 
 
+def host_scalar(value: float, device: torch.device) -> torch.Tensor:
+    """A Python float as a 0-d tensor on `device` without a host sync (a pageable host-to-device copy would
+    synchronise the stream every step)."""
+    t = torch.tensor(value)
+    if torch.device(device).type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
 @dataclass
 class StepRandom:
     """All per-step randomness of a run: `device` drives augmentation and permutations (no host sync);

@@ -15,7 +15,7 @@ from ..distributed import gather_nograd, gather_with_grad, rank, shard_bounds, w
 from ..losses import (exemplar_prototypes, interpolation_losses, prototype_alignment_loss, prototype_dispersion_loss,
                       prototype_probabilities)
 from ..memory import MemoryBank
-from .base import DataContext, StepRandom
+from .base import DataContext, StepRandom, host_scalar
 from .resa import ReSA, ReSAParams
 
 
@@ -76,7 +76,7 @@ class OSESSL(ReSA):
             # One permutation of the global batch (same on every rank); partners may live on other ranks.
             perm = torch.randperm(n * world_size(), generator=rng.device, device=images.device)
             index = torch.arange(n, device=images.device) + n * rank()
-            views["beta"] = torch.tensor(beta, device=images.device)
+            views["beta"] = host_scalar(beta, images.device)
             views["index"], views["partner"] = index, perm[index]
             strong_all = gather_nograd(views["strong"])
             # eq. 10, in normalised pixel space
