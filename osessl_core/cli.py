@@ -95,7 +95,7 @@ def cmd_quickstart(ns) -> int:
 
 
 def cmd_bench(ns) -> int:
-    from .engine.bench import run_bench, tiny_config
+    from .engine.bench import MODES, run_bench, tiny_config
     from .engine.trainer import resolve_device
     from .provenance import REPO_ROOT
     data_root = ns.data_root or str(REPO_ROOT.parent / "shared" / "data")
@@ -105,7 +105,12 @@ def cmd_bench(ns) -> int:
     if ns.batch_size:
         cfg = dataclasses.replace(cfg, batch_size=ns.batch_size)
     out = ns.out or f"results/bench/bench-{'tiny-' if tiny else ''}{device.type}.json"
-    res = run_bench(cfg, methods=ns.methods.split(",") if ns.methods else None, warmup=ns.warmup or (2 if tiny else 20),
+    modes = ns.modes.split(",") if ns.modes else tuple(MODES)
+    unknown = sorted(set(modes) - set(MODES))
+    if unknown:
+        raise SystemExit(f"error: unknown mode(s) {unknown}; choose from {sorted(MODES)}")
+    res = run_bench(cfg, methods=ns.methods.split(",") if ns.methods else None, modes=modes,
+                    warmup=ns.warmup or (2 if tiny else 20),
                     steps=ns.steps or (3 if tiny else 50), compile_on_cpu=ns.compile_on_cpu, out=out)
     print(json.dumps(res["ratios"], indent=2))
     print(f"written: {out}")
@@ -142,6 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--data-root", default=None)
     p.add_argument("--methods", default=None, help="comma-separated; default: every registered method")
+    p.add_argument("--modes", default=None, help="comma-separated subset of eager_fp32,eager_bf16,fast (default: all)")
     p.add_argument("--batch-size", type=int, default=None, help="default 256 (GPU), 32 (tiny CPU config)")
     p.add_argument("--warmup", type=int, default=None)
     p.add_argument("--steps", type=int, default=None)
