@@ -149,6 +149,30 @@ def bench_one(cfg: TrainConfig, train_set, warmup: int, steps: int, epoch: bool 
     return row
 
 
+def summarize(rows: list[dict], methods: list[str], train_set, base: TrainConfig, warmup: int, steps: int,
+              device: torch.device) -> dict:
+    """The benchmark's JSON: rows, ratios between rows of this run, derived epoch times and provenance."""
+    by = {(r["method"], r["mode"]): r for r in rows}
+    ratios = {}
+    for m in methods:
+        if (m, "fast") in by and (m, "eager_fp32") in by:
+            ratios[f"{m}_fast_speedup_vs_eager_fp32"] = by[m, "eager_fp32"]["ms_per_step"] / by[m, "fast"]["ms_per_step"]
+    if ("osessl", "fast") in by and ("resa", "fast") in by:
+        o, r = by["osessl", "fast"], by["resa", "fast"]
+        ratios["osessl_vs_resa_step_time"] = o["ms_per_step"] / r["ms_per_step"]
+        if o["peak_gpu_memory_gib"]:
+            ratios["osessl_vs_resa_peak_memory"] = o["peak_gpu_memory_gib"] / r["peak_gpu_memory_gib"]
+    steps_per_epoch = len(train_set) // base.batch_size
+    for r in rows:
+        r["epoch_seconds"] = steps_per_epoch * r["ms_per_step"] / 1000
+    return {"rows": rows, "ratios": ratios, "warmup_steps": warmup, "timed_steps": steps,
+            "steps_per_epoch": steps_per_epoch, "batch_size": base.batch_size, "dataset": base.dataset,
+            "n_train": len(train_set), "config": base.to_dict(), "provenance": provenance(device),
+            "note": "epoch_seconds = steps_per_epoch x ms_per_step (derived from the measured step time); "
+                    "epoch_seconds_measured (fast mode) = wall time of one epoch of the real training loop, "
+                    "checkpoint included"}
+
+
 def method_args_for(method: str, args: dict) -> dict:
     """The entries of `args` that `method` has parameters for (e.g. memory_size for the tiny CPU configuration)."""
     names = {f.name for f in fields(METHODS[method].Params)}
@@ -175,31 +199,12 @@ def run_bench(base: TrainConfig, methods=None, modes=tuple(MODES), warmup: int =
                               method_args=method_args_for(method, base.method_args))
                 row = {"mode": mode, **bench_one(cfg, train_set, warmup, steps, epoch=mode == "fast")}
                 rows.append(row)
+                if out:  # after every row, so a run cut short keeps what it measured
+                    atomic_write_json(Path(out), summarize(rows, methods, train_set, base, warmup, steps, device))
                 if progress:
                     print(f"{method:<8} {mode:<11} {row['ms_per_step']:9.2f} ms/step {row['images_per_s']:10.0f} img/s"
                           f"  peak {row['peak_gpu_memory_gib'] or 0:.2f} GiB", flush=True)
-    by = {(r["method"], r["mode"]): r for r in rows}
-    ratios = {}
-    for m in methods:
-        if (m, "fast") in by and (m, "eager_fp32") in by:
-            ratios[f"{m}_fast_speedup_vs_eager_fp32"] = by[m, "eager_fp32"]["ms_per_step"] / by[m, "fast"]["ms_per_step"]
-    if ("osessl", "fast") in by and ("resa", "fast") in by:
-        o, r = by["osessl", "fast"], by["resa", "fast"]
-        ratios["osessl_vs_resa_step_time"] = o["ms_per_step"] / r["ms_per_step"]
-        if o["peak_gpu_memory_gib"]:
-            ratios["osessl_vs_resa_peak_memory"] = o["peak_gpu_memory_gib"] / r["peak_gpu_memory_gib"]
-    steps_per_epoch = len(train_set) // base.batch_size
-    result = {"rows": rows, "ratios": ratios, "warmup_steps": warmup, "timed_steps": steps,
-              "steps_per_epoch": steps_per_epoch, "batch_size": base.batch_size, "dataset": base.dataset,
-              "n_train": len(train_set), "config": base.to_dict(), "provenance": provenance(device),
-              "note": "epoch_seconds = steps_per_epoch x ms_per_step (derived from the measured step time); "
-                      "epoch_seconds_measured (fast mode) = wall time of one epoch of the real training loop, "
-                      "checkpoint included"}
-    for r in rows:
-        r["epoch_seconds"] = steps_per_epoch * r["ms_per_step"] / 1000
-    if out:
-        atomic_write_json(Path(out), result)
-    return result
+    return summarize(rows, methods, train_set, base, warmup, steps, device)
 
 
 def tiny_config(data_root: str, device: str = "cpu") -> TrainConfig:
