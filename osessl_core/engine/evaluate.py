@@ -1,4 +1,5 @@
-"""Evaluate a trained method with the shared protocol (ReSA CIFAR: momentum encoder, eval-mode BN, raw features)."""
+"""Evaluate a trained method with the shared protocol (ReSA CIFAR: the method's eval encoder, eval-mode BN, raw
+features)."""
 from __future__ import annotations
 
 import time
@@ -25,9 +26,11 @@ def evaluate_run(method, cfg, train_set, device, test_set=None) -> dict[str, Any
         test_set = test_set.subset(seeded_subset(len(test_set), cfg.eval_test_subset, cfg.seed))
     mean, std = eval_normalization(train_set)
     encoder = method.eval_encoder()
+    # Which network was evaluated, by its attribute name (e.g. "momentum_encoder" for ReSA, "encoder" for SimCLR).
+    network = next((name for name, m in method.named_modules() if m is encoder), type(encoder).__name__)
     train_f = extract_features(encoder, train_set.images, mean, std, device=device, progress=cfg.progress)
     test_f = extract_features(encoder, test_set.images, mean, std, device=device, progress=cfg.progress)
-    out: dict[str, Any] = {"n_train": len(train_set), "n_test": len(test_set), "features": "momentum encoder",
+    out: dict[str, Any] = {"n_train": len(train_set), "n_test": len(test_set), "features": network.replace("_", " "),
                            "knn_k": 5}
     if cfg.eval_knn:
         out["knn_top1"] = knn_accuracy(train_f.to(device), train_set.labels.to(device), test_f.to(device),

@@ -1,6 +1,7 @@
 """The training loop: one run directory, resumable, deterministic given the seed.
 
-Run directory layout: config.json (resolved), provenance.json, exemplars.json (if the method uses exemplars),
+Run directory layout: config.json (resolved), provenance.json, method_state.json (the method's extra_state, if
+any), exemplars.json (if the method uses exemplars),
 metrics.jsonl (one line per log interval), checkpoint.pt (atomic, latest), eval.json (after training).
 """
 from __future__ import annotations
@@ -174,6 +175,8 @@ class Trainer:
             cfg.save(self.run_dir / "config.json")
             atomic_write_json(self.run_dir / "provenance.json", provenance(self.device))
             extra = self.method.extra_state()
+            if extra:  # e.g. a semi-supervised method's labelled indices
+                atomic_write_json(self.run_dir / "method_state.json", extra)
             if "exemplar_indices" in extra:
                 labels = self.train_set.labels[extra["exemplar_indices"]].tolist()
                 atomic_write_json(self.run_dir / "exemplars.json", {
