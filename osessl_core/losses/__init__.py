@@ -1,10 +1,23 @@
 """Functional losses: pure functions of tensors, one module per method."""
+from .byol import byol_loss
+from .cmsf import (constrain_to_labels, constrain_to_members, mean_shift_loss, nearest, pairwise_distances,
+                   pseudo_labels)
 from .common import soft_cross_entropy
+from .dsa import (arranging_loss, arranging_row_lse, connection_score, constraint_loss, prior_matrix,
+                  regulator)
 from .osessl import (discriminative_scores, exemplar_prototypes, interpolation_losses, prototype_alignment_loss,
                      prototype_dispersion_loss, prototype_probabilities)
 from .resa import resa_loss
+from .simclr import nt_xent
 from .sinkhorn import sinkhorn
+from .sop import (build_sops, sop_cls_loss, sop_cls_term, sop_patch_loss, sop_patch_term,
+                  sop_probabilities)
 
 __all__ = ["sinkhorn", "resa_loss", "soft_cross_entropy", "discriminative_scores", "exemplar_prototypes",
            "prototype_probabilities", "prototype_alignment_loss", "prototype_dispersion_loss",
-           "interpolation_losses"]
+           "interpolation_losses",
+           "nt_xent", "byol_loss", "regulator", "prior_matrix", "constraint_loss", "connection_score",
+           "arranging_row_lse", "arranging_loss",
+           "build_sops", "sop_probabilities", "sop_cls_loss", "sop_patch_loss", "sop_cls_term", "sop_patch_term",
+           "pairwise_distances", "nearest", "constrain_to_members", "constrain_to_labels", "mean_shift_loss",
+           "pseudo_labels"]

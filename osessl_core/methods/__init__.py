@@ -4,11 +4,22 @@ from __future__ import annotations
 from ..config import resolve_params
 from .base import DataContext, Method, StepRandom, TwinMethod
 from .osessl import OSESSL
+from .byol import BYOL
+from .cmsf import CMSF, MSF
+from .dsa import DSA
 from .resa import ReSA
+from .simclr import SimCLR
+from .sop import SOP
 
 METHODS: dict[str, type[Method]] = {
     "resa": ReSA,
+    "simclr": SimCLR,
+    "byol": BYOL,
+    "dsa": DSA,
     "osessl": OSESSL,
+    "sop": SOP,
+    "msf": MSF,
+    "cmsf": CMSF,
 }
 
 

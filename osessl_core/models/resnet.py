@@ -9,6 +9,8 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+from .vit import VIT_ARCHITECTURES, build_vit
+
 
 class BasicBlock(nn.Module):
     expansion = 1
@@ -90,8 +92,12 @@ ARCHITECTURES = {
 }
 
 
-def build_encoder(arch: str = "resnet18", width: int = 64, zero_pad: bool = True) -> CifarResNet:
+def build_encoder(arch: str = "resnet18", width: int = 64, zero_pad: bool = True, image_size: int = 32,
+                  vit_depth: int | None = None) -> nn.Module:
+    """A CIFAR ResNet, or a ViT (models/vit.py) built for `image_size`; ViTs ignore width and zero_pad."""
+    if arch in VIT_ARCHITECTURES:
+        return build_vit(arch, image_size, depth=vit_depth)
     if arch not in ARCHITECTURES:
-        raise ValueError(f"unknown architecture {arch!r}; choose one of {sorted(ARCHITECTURES)}")
+        raise ValueError(f"unknown architecture {arch!r}; choose one of {sorted([*ARCHITECTURES, *VIT_ARCHITECTURES])}")
     block, layers = ARCHITECTURES[arch]
     return CifarResNet(block, layers, width=width, zero_pad=zero_pad)

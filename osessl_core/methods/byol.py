@@ -1,0 +1,49 @@
+"""BYOL (Grill et al., NeurIPS'20): online encoder + projector + predictor regress an EMA target's projections.
+
+The target follows the online network with the trainer's momentum schedule (cosine 0.996 -> 1 per step, BYOL's
+own). Deviations from the paper, shared by every rival here: the trainer's SGD (lr 0.3 x B/256, momentum 0.9,
+weight decay 1e-4) instead of LARS, and the project's strong augmentation for both views (BYOL's views differ in
+blur and solarisation). Projector and predictor are the paper's Linear-BN-ReLU-Linear (cfg.proj_hidden, cfg.proj_out);
+cfg.predictor is ignored, BYOL always has one. Like ReSA's teacher, the target uses batch statistics.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..losses import byol_loss
+from ..models import build_predictor, ema_update_, momentum_copy
+from .base import DataContext
+from .two_view import TwoViewMethod
+
+
+@dataclass
+class BYOLParams:
+    """BYOL's only hyperparameter, the target momentum, is the trainer's schedule (cfg.momentum_base)."""
+
+
+class BYOL(TwoViewMethod):
+    name = "byol"
+    Params = BYOLParams
+
+    def __init__(self, cfg, params: BYOLParams, data: DataContext):
+        super().__init__(cfg, data)
+        self.params = params
+        self.predictor = build_predictor(cfg.proj_out, cfg.proj_hidden)
+        self.momentum_encoder = momentum_copy(self.encoder)
+        self.momentum_projector = momentum_copy(self.projector)
+
+    def momentum_update(self, m: float) -> None:
+        ema_update_(self.momentum_encoder, self.encoder, m)
+        ema_update_(self.momentum_projector, self.projector, m)
+
+    @torch.no_grad()
+    def target(self, x: torch.Tensor) -> torch.Tensor:
+        return self.momentum_projector(self.momentum_encoder(x))
+
+    def ssl_terms(self, views):
+        z1, z2 = self.project(views["view1"]), self.project(views["view2"])
+        loss = byol_loss(self.predictor(z1), self.predictor(z2), self.target(views["view1"]),
+                         self.target(views["view2"]))
+        return loss, z1, z2

@@ -1,0 +1,45 @@
+"""The small base shared by SimCLR, BYOL and DSA (which wraps either): encoder, projector, two strong views."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..data.augment import strong_view
+from ..distributed import rank, world_size
+from ..models import build_encoder, mlp
+from .base import DataContext, Method, StepRandom
+
+
+class TwoViewMethod(Method):
+    """Encoder e and projector g = Linear-BN-ReLU-Linear (SimCLR's and BYOL's head; cfg.proj_hidden, cfg.proj_out).
+
+    Both views come from the project's strong pipeline (the same augmentation for every rival) with independent
+    parameters. Subclasses implement `ssl_terms`; the evaluated network is the online encoder e (the one both
+    papers keep after training)."""
+
+    def __init__(self, cfg, data: DataContext):
+        super().__init__()
+        self.encoder = build_encoder(cfg.arch, cfg.width, cfg.zero_pad)
+        self.projector = mlp([self.encoder.out_dim, cfg.proj_hidden, cfg.proj_out], last_bn=False)
+        self.augment = strong_view(data.image_size, data.mean, data.std)
+
+    def make_views(self, images: torch.Tensor, rng: StepRandom, ids: torch.Tensor) -> dict[str, torch.Tensor]:
+        # Parameters drawn for the global batch, this rank's rows used (as in ReSA), so views match 1-process runs.
+        n = images.shape[0]
+        shard = {"total": n * world_size(), "offset": n * rank()}
+        return {"view1": self.augment(images, rng.device, **shard), "view2": self.augment(images, rng.device, **shard)}
+
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        """g(e(x)), unnormalised; each view is its own forward, so BN sees one view's batch (as in ReSA)."""
+        return self.projector(self.encoder(x))
+
+    def ssl_terms(self, views: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(L_ssl, z1, z2): the method's loss and the projector outputs of the two views, on which DSA acts."""
+        raise NotImplementedError
+
+    def loss_terms(self, views):
+        loss, _, _ = self.ssl_terms(views)
+        return {"loss": loss, "ssl": loss.detach()}, {}
+
+    def eval_encoder(self) -> nn.Module:
+        return self.encoder
