@@ -15,16 +15,19 @@ import torch.multiprocessing as mp
 from osessl_core.config import TrainConfig
 from osessl_core.distributed import gather_with_grad, shard_bounds
 from osessl_core.engine import Trainer
+from osessl_core.methods import METHODS
 
 pytestmark = pytest.mark.slow
 GLOBAL_BATCH, STEPS = 16, 3
+METHOD_ARGS = {"osessl": {"memory_size": 40, "k": 4}, "sop": {"memory_size": 40, "anchors": 8, "k": 4},
+               "msf": {"memory_size": 40}, "cmsf": {"memory_size": 40}, "dsa": {"eta": 4}}
 
 
 def config(root, run_dir, world, method):
     return TrainConfig(method=method, dataset="cifar10", data_root=root, subset=64, batch_size=GLOBAL_BATCH // world,
                        epochs=4, width=8, proj_hidden=32, proj_out=16, warmup_epochs=0, base_lr=1.0, device="cpu",
                        run_dir=run_dir, progress=False, eval_knn=False, log_every=1, max_steps=STEPS,
-                       method_args={"memory_size": 40, "k": 4} if method == "osessl" else {})
+                       method_args=METHOD_ARGS.get(method, {}))
 
 
 def assert_close(a, b, name):
@@ -61,7 +64,7 @@ def _worker(rank, world, init_file, root, run_dir, method, out):
         shutdown()
 
 
-@pytest.mark.parametrize("method", ["resa", "osessl"])
+@pytest.mark.parametrize("method", sorted(METHODS))
 def test_two_ranks_match_one_rank(tmp_path, cifar_root, method):
     torch.set_default_dtype(torch.float64)
     try:
@@ -81,11 +84,11 @@ def test_two_ranks_match_one_rank(tmp_path, cifar_root, method):
     for name, g in ref["grads"].items():   # the last step's (DDP-averaged) gradients
         assert_close(g, two["grads"][name], name)
     assert ref["state"].keys() == two["state"].keys()
-    for name, v in ref["state"].items():   # weights, momentum nets, BN running stats, memory bank and pointer
+    for name, v in ref["state"].items():   # weights, momentum nets, BN running stats, memories and pointers
         assert v.dtype == two["state"][name].dtype, name
         assert_close(v, two["state"][name], name)
-    if method == "osessl":
-        assert int(two["state"]["memory.filled"]) == 40   # 3 steps x 16 gathered rows, wrapped at 40
+    if method in ("osessl", "sop", "msf", "cmsf"):
+        assert int(two["state"]["memory.filled"]) == 40   # 3 steps x 16 gathered rows, wrapped at 40 (SOP: random init)
 
 
 def _gather_worker(rank, world, init_file, out):

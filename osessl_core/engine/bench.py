@@ -26,7 +26,9 @@ from ..provenance import provenance
 from .checkpoint import atomic_write_json
 from .trainer import Trainer, load_train_data, resolve_device
 
-NETWORKS = ("encoder", "projector", "predictor", "momentum_encoder", "momentum_projector")
+# Submodules timed as "network_forward": any whose attribute name ends in one of these (e.g. momentum_encoder,
+# teacher_head, base.projector); the outermost match only, so a network is never counted twice.
+NETWORKS = ("encoder", "projector", "predictor", "head")
 MODES = {  # name -> TrainConfig overrides; None = the trainer's default for the device
     # The plain reference path: eager, strict fp32 (no TF32 tensor-core rounding), contiguous NCHW.
     "eager_fp32": dict(amp=False, compile=False, cuda_graphs=False, channels_last=False, tf32=False),
@@ -65,10 +67,9 @@ class PhaseTimer:
 
 def _hook_networks(method, timer: PhaseTimer) -> list:
     handles, stack = [], []
-    for name in NETWORKS:
-        net = getattr(method, name, None)
-        if net is None:
-            continue
+    nets = [(n, m) for n, m in method.named_modules() if n and n.rsplit(".", 1)[-1].endswith(NETWORKS)]
+    outer = [m for n, m in nets if not any(n.startswith(o + ".") for o, _ in nets)]
+    for net in outer:
         handles.append(net.register_forward_pre_hook(lambda m, i: stack.append(timer.mark())))
         handles.append(net.register_forward_hook(
             lambda m, i, o: timer.spans["network_forward"].append((stack.pop(), timer.mark()))))

@@ -50,6 +50,7 @@ from ..data.augment import ViewAugment, weak_view
 from ..distributed import gather_nograd, rank, world_size
 from ..losses import (constrain_to_labels, constrain_to_members, mean_shift_loss, nearest, pairwise_distances,
                       pseudo_labels)
+from ..losses.common import upcast
 from ..memory import MemoryBank
 from ..models import build_encoder, ema_update_, mlp, momentum_copy
 from .base import DataContext, Method, StepRandom
@@ -233,9 +234,9 @@ class CMSF(Method):
         ema_update_(self.target_projector, self.projector, self.params.momentum)
 
     def loss_terms(self, views):
-        q = F.normalize(self.predictor(self.projector(self.encoder(views["strong"]))).float(), dim=1)
+        q = F.normalize(upcast(self.predictor(self.projector(self.encoder(views["strong"])))), dim=1)
         with torch.no_grad():
-            u = F.normalize(self.target_projector(self.target_encoder(views["weak"])).float(), dim=1)
+            u = F.normalize(upcast(self.target_projector(self.target_encoder(views["weak"]))), dim=1)
         ids = views["ids"]
         y = self.batch_labels(u, ids)
         bank, neighbours, aux = self.search(u, ids, y)
