@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import TrainConfig
+from .data.exemplars import labelled_fraction
 from .provenance import REPO_ROOT, provenance
 
 DEFAULT_DATA_ROOT = REPO_ROOT.parent / "shared" / "data"
@@ -498,11 +499,12 @@ def plot_bars(rows: list[dict], label: str | tuple[str, ...], panels: dict[str, 
 # ============================================================================================ features
 
 def momentum_network(method, projector_layers: int = 0) -> nn.Module:
-    """The momentum encoder followed by the first `projector_layers` modules of the momentum projector."""
+    """The evaluated encoder (the momentum encoder for ReSA/OSESSL) followed by the first `projector_layers` modules
+    of its projection head."""
     enc = method.eval_encoder()
     if projector_layers == 0:
         return enc
-    return nn.Sequential(enc, method.momentum_projector[:projector_layers])
+    return nn.Sequential(enc, method.eval_projector()[:projector_layers])
 
 
 def representations(method, images: torch.Tensor, mean, std, device, hidden_layers: int = 3) -> dict[str, torch.Tensor]:
@@ -510,7 +512,7 @@ def representations(method, images: torch.Tensor, mean, std, device, hidden_laye
     encoder output ("encoding"), the projector's hidden layer after `hidden_layers` modules (default: first
     Linear-BN-ReLU), and the projector output ("embedding", before L2 normalisation)."""
     from .eval import extract_features
-    n_proj = len(method.momentum_projector)
+    n_proj = len(method.eval_projector())
     return {name: extract_features(momentum_network(method, layers), images, mean, std, device=device)
             for name, layers in (("encoder", 0), ("projector_hidden", hidden_layers), ("projector", n_proj))}
 
@@ -518,7 +520,7 @@ def representations(method, images: torch.Tensor, mean, std, device, hidden_laye
 def momentum_embeddings(method, images: torch.Tensor, mean, std, device) -> torch.Tensor:
     """L2-normalised momentum embeddings z' = normalize(g'(e'(x))), eval-mode BN, unaugmented images."""
     from .eval import extract_features
-    net = momentum_network(method, len(method.momentum_projector))
+    net = momentum_network(method, len(method.eval_projector()))
     return F.normalize(extract_features(net, images, mean, std, device=device), dim=1)
 
 
@@ -680,18 +682,6 @@ def load_bench(bench_dir: str | Path) -> list[dict]:
 
 
 # ============================================================================================ semi-supervised
-
-def labelled_fraction(labels: torch.Tensor, fraction: float, seed: int = 0) -> torch.Tensor:
-    """Class-balanced seeded subset: round(fraction * n_c) images of each class c, at least one."""
-    if not 0 < fraction <= 1:
-        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
-    g = torch.Generator().manual_seed(seed)
-    picks = []
-    for c in labels.unique().tolist():
-        members = (labels == c).nonzero().flatten()
-        n = max(1, round(fraction * len(members)))
-        picks.append(members[torch.randperm(len(members), generator=g)[:n]])
-    return torch.cat(picks).sort().values
 
 
 def finetune(method, train_set, test_set, fraction: float, epochs: int = 30, lr: float = 0.01,

@@ -1,9 +1,6 @@
 """MSF / CMSF: neighbour selection and loss against literal float64 loops, the memory and the two-slot pool against
 a transcription of the official code's data flow, then real-CIFAR runs, resume and the CLI."""
-import json
 import math
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -14,7 +11,8 @@ from osessl_core.engine import Trainer, train
 from osessl_core.losses import (constrain_to_labels, constrain_to_members, mean_shift_loss, nearest,
                                 pairwise_distances, pseudo_labels)
 from osessl_core.methods import DataContext, build_method
-from osessl_core.methods.cmsf import EmbeddingCache, LabelledMemory, labelled_subset
+from osessl_core.data.exemplars import labelled_fraction
+from osessl_core.methods.cmsf import EmbeddingCache, LabelledMemory
 
 
 def unit(*shape, gen):
@@ -218,13 +216,13 @@ def test_cmsf_self_matches_the_code_transcription(epoch1):
 
 def test_semi_split_validation_and_registry():
     labels = torch.arange(200) % 4
-    split = labelled_subset(labels, 0.1, seed=7)
-    assert torch.equal(split, labelled_subset(labels, 0.1, seed=7)) and not torch.equal(split, labelled_subset(
+    split = labelled_fraction(labels, 0.1, seed=7)
+    assert torch.equal(split, labelled_fraction(labels, 0.1, seed=7)) and not torch.equal(split, labelled_fraction(
         labels, 0.1, seed=8))
     assert torch.bincount(labels[split]).tolist() == [5, 5, 5, 5]
     method = method_on(labels, constraint="semi", memory_size=64)  # run seed 0
     assert method.k == 10 and method.extra_state()["labelled_indices"] == torch.arange(200)[
-        method.known_labels >= 0].tolist() == labelled_subset(labels, 0.1, seed=0).tolist()
+        method.known_labels >= 0].tolist() == labelled_fraction(labels, 0.1, seed=0).tolist()
     assert not any(p.requires_grad for p in method.head.parameters())  # not in the trainer's optimiser
     assert method.train().head.training is False
     msf = method_on(labels, method="msf", memory_size=64)
@@ -280,22 +278,3 @@ def test_checkpoint_and_resume_continue_with_identical_state(tmp_path, cifar_roo
     if constraint == "semi":
         assert a["head.1.running_mean"].abs().sum() > 0  # the head was retrained
         assert (a["memory.labels"] >= 0).any()
-
-
-@pytest.mark.slow
-def test_cli_train_and_resume(tmp_path, cifar_root):
-    run = tmp_path / "cli"
-    cmd = [sys.executable, "-m", "osessl_core", "train", "--method", "cmsf", "--data-root", cifar_root,
-           "--subset", "128", "--batch-size", "32", "--epochs", "2", "--width", "8", "--proj-hidden", "64",
-           "--proj-out", "32", "--device", "cpu", "--run-dir", str(run), "--no-progress", "--log-every", "1",
-           "--eval-test-subset", "100", "-m", "memory_size=64", "-m", "constraint=semi"]
-    first = subprocess.run(cmd + ["--max-steps", "5"], capture_output=True, text=True, timeout=600)
-    assert first.returncode == 0, first.stderr
-    assert not (run / "eval.json").exists()
-    second = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    assert second.returncode == 0, second.stderr
-    steps = [json.loads(l)["step"] for l in (run / "metrics.jsonl").read_text().splitlines()]
-    assert steps == list(range(1, 9))
-    assert json.loads((run / "config.json").read_text())["method_args"] == {"memory_size": 64, "constraint": "semi"}
-    ev = json.loads((run / "eval.json").read_text())
-    assert 0 <= ev["knn_top1"] <= 100 and ev["n_test"] == 100

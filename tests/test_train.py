@@ -8,6 +8,7 @@ import torch
 
 from osessl_core.config import TrainConfig
 from osessl_core.engine import IncompatibleCheckpointError, NonFiniteLossError, Trainer, train
+from osessl_core.methods import METHODS
 
 pytestmark = pytest.mark.slow
 
@@ -93,3 +94,26 @@ def test_cli_train_writes_a_complete_run_directory(tmp_path, cifar_root):
     bad = subprocess.run(cmd[:4] + ["--dataset", "mnist", "--data-root", cifar_root, "--device", "cpu",
                                     "--run-dir", str(tmp_path / "bad")], capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "mnist" in bad.stderr
+
+
+CLI_METHOD_ARGS = {"osessl": ["memory_size=64"], "sop": ["memory_size=64"], "msf": ["memory_size=64"],
+                   "cmsf": ["memory_size=64", "constraint=semi"], "dsa": ["eta=10"]}
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_cli_trains_every_method_resumes_and_evaluates(tmp_path, cifar_root, method):
+    run = tmp_path / "cli"
+    cmd = [sys.executable, "-m", "osessl_core", "train", "--method", method, "--data-root", cifar_root,
+           "--subset", "128", "--batch-size", "32", "--epochs", "1", "--width", "8", "--proj-hidden", "64",
+           "--proj-out", "32", "--device", "cpu", "--run-dir", str(run), "--no-progress", "--log-every", "1",
+           "--eval-test-subset", "100"]
+    for arg in CLI_METHOD_ARGS.get(method, []):
+        cmd += ["-m", arg]
+    first = subprocess.run(cmd + ["--max-steps", "2"], capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr
+    assert (run / "checkpoint.pt").exists() and not (run / "eval.json").exists()
+    second = subprocess.run(cmd, capture_output=True, text=True, timeout=600)  # resumes and finishes the epoch
+    assert second.returncode == 0, second.stderr
+    assert [json.loads(l)["step"] for l in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3, 4]
+    ev = json.loads((run / "eval.json").read_text())   # the shared k-NN evaluation
+    assert 0 <= ev["knn_top1"] <= 100 and ev["n_test"] == 100

@@ -1,4 +1,4 @@
-"""The one-shot labeled split of OSESSL: `shots` random images per class, reproducible from a seed."""
+"""The labelled splits: OSESSL's one-shot (k-shot) exemplars, and class-balanced fractions for semi-supervised use."""
 from __future__ import annotations
 
 import json
@@ -80,3 +80,17 @@ def load_exemplars(path: str | Path) -> torch.Tensor:
         raise DatasetError(f"cannot read exemplars from {path} ({type(e).__name__}: {e}); "
                            "write it with save_exemplars") from e
     return torch.tensor(indices, dtype=torch.int64)
+
+
+def labelled_fraction(labels: torch.Tensor, fraction: float, seed: int = 0) -> torch.Tensor:
+    """A class-balanced labelled split (semi-supervised protocols, CMSF-semi): round(fraction * n_c) random images of
+    each class c, at least one, from a generator seeded with `seed`; sorted dataset indices."""
+    if not 0 < fraction <= 1:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    g = torch.Generator().manual_seed(seed)
+    picks = []
+    for c in labels.unique().tolist():
+        members = (labels == c).nonzero().flatten()
+        n = max(1, round(fraction * len(members)))
+        picks.append(members[torch.randperm(len(members), generator=g)[:n]])
+    return torch.cat(picks).sort().values

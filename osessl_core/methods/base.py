@@ -91,6 +91,11 @@ class Method(nn.Module):
         """The network whose features are evaluated (the momentum encoder for ReSA-style methods)."""
         raise NotImplementedError
 
+    def eval_projector(self) -> nn.Sequential:
+        """The projection head that follows eval_encoder() (for the clustering analysis and fine-tuning protocols,
+        which use its layers)."""
+        raise NotImplementedError
+
     def extra_state(self) -> dict[str, Any]:
         """JSON-able facts saved with the run (e.g. exemplar indices)."""
         return {}
@@ -132,3 +137,6 @@ class TwinMethod(Method):
 
     def eval_encoder(self) -> nn.Module:
         return self.momentum_encoder
+
+    def eval_projector(self) -> nn.Sequential:
+        return self.momentum_projector

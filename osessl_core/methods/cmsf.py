@@ -47,6 +47,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data.augment import ViewAugment, weak_view
+from ..data.exemplars import labelled_fraction
 from ..distributed import gather_nograd, rank, world_size
 from ..losses import (constrain_to_labels, constrain_to_members, mean_shift_loss, nearest, pairwise_distances,
                       pseudo_labels)
@@ -146,18 +147,6 @@ class LocalBatchNorm1d(nn.Module):
                             self.momentum, self.eps)
 
 
-def labelled_subset(labels: torch.Tensor, fraction: float, seed: int) -> torch.Tensor:
-    """CMSF_semi's labelled split: round(fraction x class size) random images of every class (at least one), from
-    a generator seeded with the run seed; sorted dataset indices."""
-    generator = torch.Generator().manual_seed(seed)
-    picks = []
-    for c in labels.unique().tolist():
-        members = (labels == c).nonzero().flatten()
-        n = max(1, round(fraction * len(members)))
-        picks.append(members[torch.randperm(len(members), generator=generator)[:n]])
-    return torch.cat(picks).sort().values
-
-
 class CMSF(Method):
     name = "cmsf"
     Params = CMSFParams
@@ -198,7 +187,7 @@ class CMSF(Method):
         if p.constraint in ("sup", "semi"):
             known = data.train_labels.long().clone()
             if p.constraint == "semi":
-                self.register_buffer("labelled", labelled_subset(known, p.label_fraction, cfg.seed))
+                self.register_buffer("labelled", labelled_fraction(known, p.label_fraction, cfg.seed))
                 known = torch.full_like(known, -1).index_copy_(0, self.labelled, known[self.labelled])
             self.register_buffer("known_labels", known)  # -1: label not available to the method
         if p.constraint == "semi":
@@ -261,6 +250,9 @@ class CMSF(Method):
 
     def eval_encoder(self) -> nn.Module:
         return self.encoder  # the official evaluation loads encoder_q, the online network
+
+    def eval_projector(self) -> nn.Sequential:
+        return self.projector
 
     def extra_state(self):
         if self.params.constraint != "semi":

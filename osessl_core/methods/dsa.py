@@ -120,3 +120,6 @@ class DSA(Method):
 
     def eval_encoder(self) -> nn.Module:
         return self.base.eval_encoder()
+
+    def eval_projector(self) -> nn.Sequential:
+        return self.base.eval_projector()

@@ -180,3 +180,6 @@ class SOP(Method):
     def eval_encoder(self) -> nn.Module:
         # The teacher, as in DINO/iBOT/SOP evaluation and the project's momentum-encoder protocol.
         return self.teacher_encoder
+
+    def eval_projector(self) -> nn.Sequential:
+        return self.teacher_head

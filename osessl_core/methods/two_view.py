@@ -43,3 +43,6 @@ class TwoViewMethod(Method):
 
     def eval_encoder(self) -> nn.Module:
         return self.encoder
+
+    def eval_projector(self) -> nn.Sequential:
+        return self.projector
