@@ -278,3 +278,13 @@ def test_checkpoint_and_resume_continue_with_identical_state(tmp_path, cifar_roo
     if constraint == "semi":
         assert a["head.1.running_mean"].abs().sum() > 0  # the head was retrained
         assert (a["memory.labels"] >= 0).any()
+
+
+@pytest.mark.slow
+def test_logged_momentum_is_the_constant_one(tmp_path, cifar_root):
+    from osessl_core.config import TrainConfig
+    from osessl_core.engine import train
+    cfg = TrainConfig(method="cmsf", dataset="cifar10", data_root=cifar_root, subset=64, batch_size=32, epochs=1,
+                      width=8, proj_hidden=32, proj_out=16, device="cpu", run_dir=str(tmp_path / "m"), progress=False,
+                      eval_knn=False, log_every=1, method_args={"memory_size": 64})
+    assert [row["momentum"] for row in train(cfg).metrics] == [0.99, 0.99]

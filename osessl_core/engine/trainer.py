@@ -216,7 +216,9 @@ class Trainer:
             images, ids = batch
             views = self.to_memory_format(self.method.make_views(images, self.rng, ids))
         with phase("forward_loss"):
-            self.method.momentum_update(momentum_at(self.step, self.total_steps, self.cfg.momentum_base))
+            m = momentum_at(self.step, self.total_steps, self.cfg.momentum_base)
+            own = self.method.momentum_update(m)
+            self.momentum = m if own is None else own  # logged
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
                 terms, aux = self.loss_fn(views)
         with phase("backward"):
@@ -290,7 +292,7 @@ class Trainer:
                     f"checkpoint is intact: lower the learning rate or check the inputs, then resume")
         row = {"step": self.step, "epoch": self.step / self.steps_per_epoch,
                "lr": self.optimizer.param_groups[0]["lr"],
-               "momentum": momentum_at(self.step - 1, self.total_steps, self.cfg.momentum_base),
+               "momentum": self.momentum,
                **values, "steps": count, "seconds": seconds,
                "images_per_s": count * self.global_batch / max(seconds, 1e-9)}
         self.metrics.append(row)

@@ -78,8 +78,10 @@ class Method(nn.Module):
         # DistributedDataParallel (and torch.compile) wrap a module's forward: it is the loss.
         return self.loss_terms(views)
 
-    def momentum_update(self, m: float) -> None:
-        pass
+    def momentum_update(self, m: float) -> float | None:
+        """EMA step of any teacher, given the trainer's scheduled momentum `m`. Returns the momentum actually used
+        if the method has its own (it is logged), else None."""
+        return None
 
     def loss_terms(self, views: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         raise NotImplementedError

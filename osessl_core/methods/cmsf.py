@@ -218,9 +218,10 @@ class CMSF(Method):
         return {"weak": self.weak(images, rng.device, **shard), "strong": self.strong(images, rng.device, **shard),
                 "ids": ids}
 
-    def momentum_update(self, m: float) -> None:
+    def momentum_update(self, m: float) -> float:
         ema_update_(self.target_encoder, self.encoder, self.params.momentum)
         ema_update_(self.target_projector, self.projector, self.params.momentum)
+        return self.params.momentum
 
     def loss_terms(self, views):
         q = F.normalize(upcast(self.predictor(self.projector(self.encoder(views["strong"])))), dim=1)

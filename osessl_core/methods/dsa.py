@@ -91,8 +91,8 @@ class DSA(Method):
         views["aux1"], views["aux2"] = self.aux(views["view1"]), self.aux(views["view2"])  # f_aux per view
         return views
 
-    def momentum_update(self, m: float) -> None:
-        self.base.momentum_update(m)
+    def momentum_update(self, m: float) -> float | None:
+        return self.base.momentum_update(m)
 
     def loss_terms(self, views):
         p = self.params
