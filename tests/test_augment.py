@@ -99,7 +99,7 @@ def test_per_sample_parameters_differ(kind):
     x = random_images(1).repeat(64, 1, 1, 1)
     y = A.ViewAugment(kind, 32, MEAN, STD)(x, gen(0))
     assert len(torch.unique(y.flatten(1), dim=0)) >= 60
-    boxes = torch.stack(A.sample_crop_boxes(64, 32, 32, (0.2, 1.0), A.RATIO, gen(0), "cpu"), 1)
+    boxes = torch.stack(A.crop_boxes(torch.rand(64, A.CROP_UNIFORMS, generator=gen(0)), 32, 32, (0.2, 1.0), A.RATIO), 1)
     assert len(torch.unique(boxes, dim=0)) >= 55
 
 
@@ -133,7 +133,7 @@ def test_crop_box_distribution_matches_torchvision():
             torch.manual_seed(0)
             ref = torch.tensor([T.RandomResizedCrop.get_params(torch.empty(1, height, width), scale, A.RATIO)
                                 for _ in range(n)], dtype=torch.float64)
-        ours = torch.stack(A.sample_crop_boxes(n, height, width, scale, A.RATIO, gen(0), "cpu"), 1).double()
+        ours = torch.stack(A.crop_boxes(torch.rand(n, A.CROP_UNIFORMS, generator=gen(0)), height, width, scale, A.RATIO), 1).double()
         assert ((ours[:, 0] >= 0) & (ours[:, 0] + ours[:, 2] <= height)).all()
         assert ((ours[:, 1] >= 0) & (ours[:, 1] + ours[:, 3] <= width)).all()
         assert (ours[:, 2:] > 0).all()

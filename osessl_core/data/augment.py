@@ -101,13 +101,6 @@ def crop_boxes(u: torch.Tensor, height: int, width: int, scale=(0.2, 1.0), ratio
     return i.long(), j.long(), h.long(), w.long()
 
 
-def sample_crop_boxes(batch: int, height: int, width: int, scale=(0.2, 1.0), ratio=RATIO,
-                      generator: torch.Generator | None = None, device=None):
-    """`crop_boxes` on fresh uniforms from `generator`."""
-    u = torch.rand(batch, CROP_UNIFORMS, generator=generator, device=device)
-    return crop_boxes(u, height, width, scale, ratio)
-
-
 def crop_resize(x: torch.Tensor, boxes, size: int, flip: torch.Tensor | None = None,
                 mode: str = "bilinear") -> torch.Tensor:
     """Crop each float image to its box (i, j, h, w) and resize to size x size.

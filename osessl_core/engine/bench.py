@@ -137,7 +137,7 @@ def bench_one(cfg: TrainConfig, train_set, warmup: int, steps: int, epoch: bool 
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
     epoch_s = time_epoch(trainer) if epoch else None
     row = {"method": cfg.method, "amp": trainer.amp, "compile": trainer.compile, "cuda_graphs": trainer.cuda_graphs,
-           "channels_last": trainer.channels_last, "tf32": device.type == "cuda" and cfg.tf32 is not False,
+           "channels_last": trainer.channels_last, "tf32": trainer.tf32,
            "ms_per_step": total_ms, "images_per_s": cfg.batch_size / total_ms * 1000,
            "breakdown_ms": {k: round(v, 4) for k, v in sorted(t.items())},
            "peak_gpu_memory_gib": peak, "host_syncs_per_step": syncs,

@@ -95,6 +95,7 @@ class Trainer:
         self.amp = cuda if cfg.amp is None else cfg.amp
         self.compile = cuda if cfg.compile is None else cfg.compile
         self.channels_last = cuda if cfg.channels_last is None else cfg.channels_last
+        self.tf32 = cuda and cfg.tf32 is not False
         # CUDA graphs need static addresses; DDP's bucketed all-reduce in backward is kept out of them.
         default_graphs = cuda and self.compile and not is_distributed()
         self.cuda_graphs = default_graphs if cfg.cuda_graphs is None else cfg.cuda_graphs
@@ -102,9 +103,8 @@ class Trainer:
             raise ValueError("cuda_graphs needs compile on a CUDA device")
         if cuda:
             torch.backends.cudnn.benchmark = True
-            tf32 = cfg.tf32 is not False
-            torch.backends.cuda.matmul.allow_tf32 = tf32
-            torch.backends.cudnn.allow_tf32 = tf32
+            torch.backends.cuda.matmul.allow_tf32 = self.tf32
+            torch.backends.cudnn.allow_tf32 = self.tf32
         self.run_dir = Path(cfg.run_dir)
         self.train_set = train_set if train_set is not None else load_train_data(cfg)
         n = len(self.train_set)

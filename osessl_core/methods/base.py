@@ -17,7 +17,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..distributed import rank, world_size
 from ..models import build_encoder, build_predictor, build_projector, ema_update_, momentum_copy
+
+
+def global_rows(n: int) -> dict[str, int]:
+    """ViewAugment's `total`/`offset` for this rank's n images: parameters are drawn for the global batch from the
+    shared generator and this rank's rows kept, so views do not depend on the world size."""
+    return {"total": n * world_size(), "offset": n * rank()}
 
 
 def host_scalar(value: float, device: torch.device) -> torch.Tensor:

@@ -48,13 +48,13 @@ from torch import nn
 
 from ..data.augment import ViewAugment, weak_view
 from ..data.exemplars import labelled_fraction
-from ..distributed import gather_nograd, rank, world_size
+from ..distributed import gather_nograd, world_size
 from ..losses import (constrain_to_labels, constrain_to_members, mean_shift_loss, nearest, pairwise_distances,
                       pseudo_labels)
 from ..losses.common import upcast
 from ..memory import MemoryBank
 from ..models import build_encoder, ema_update_, mlp, momentum_copy
-from .base import DataContext, Method, StepRandom
+from .base import DataContext, Method, StepRandom, global_rows
 
 CONSTRAINTS = ("none", "self", "sup", "semi")
 
@@ -213,8 +213,7 @@ class CMSF(Method):
             self.retrain_head(step)
 
     def make_views(self, images: torch.Tensor, rng: StepRandom, ids: torch.Tensor) -> dict[str, torch.Tensor]:
-        n = images.shape[0]
-        shard = {"total": n * world_size(), "offset": n * rank()}
+        shard = global_rows(images.shape[0])
         return {"weak": self.weak(images, rng.device, **shard), "strong": self.strong(images, rng.device, **shard),
                 "ids": ids}
 

@@ -6,9 +6,9 @@ from dataclasses import dataclass
 import torch
 
 from ..data.augment import strong_view, weak_view
-from ..distributed import gather_nograd, rank, world_size
+from ..distributed import gather_nograd
 from ..losses import resa_loss
-from .base import DataContext, StepRandom, TwinMethod
+from .base import DataContext, StepRandom, TwinMethod, global_rows
 
 
 @dataclass
@@ -30,9 +30,7 @@ class ReSA(TwinMethod):
         self.strong = strong_view(data.image_size, data.mean, data.std, blur_prob=params.blur_prob)
 
     def make_views(self, images: torch.Tensor, rng: StepRandom, ids: torch.Tensor) -> dict[str, torch.Tensor]:
-        # Parameters are drawn for the global batch and this rank's rows used, so views match 1-process runs.
-        n = images.shape[0]
-        shard = {"total": n * world_size(), "offset": n * rank()}
+        shard = global_rows(images.shape[0])
         return {"weak": self.weak(images, rng.device, **shard), "strong": self.strong(images, rng.device, **shard)}
 
     def cluster_terms(self, h_weak, g_weak, g_strong, weak, strong) -> dict[str, torch.Tensor]:

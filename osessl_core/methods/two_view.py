@@ -5,9 +5,8 @@ import torch
 from torch import nn
 
 from ..data.augment import strong_view
-from ..distributed import rank, world_size
 from ..models import build_encoder, mlp
-from .base import DataContext, Method, StepRandom
+from .base import DataContext, Method, StepRandom, global_rows
 
 
 class TwoViewMethod(Method):
@@ -24,9 +23,7 @@ class TwoViewMethod(Method):
         self.augment = strong_view(data.image_size, data.mean, data.std)
 
     def make_views(self, images: torch.Tensor, rng: StepRandom, ids: torch.Tensor) -> dict[str, torch.Tensor]:
-        # Parameters drawn for the global batch, this rank's rows used (as in ReSA), so views match 1-process runs.
-        n = images.shape[0]
-        shard = {"total": n * world_size(), "offset": n * rank()}
+        shard = global_rows(images.shape[0])
         return {"view1": self.augment(images, rng.device, **shard), "view2": self.augment(images, rng.device, **shard)}
 
     def project(self, x: torch.Tensor) -> torch.Tensor:
