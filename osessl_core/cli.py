@@ -82,7 +82,7 @@ def cmd_eval(ns) -> int:
     trainer = load_run(ns.run_dir, eval_knn=True, eval_linear=ns.linear, linear_epochs=ns.linear_epochs,
                        device=ns.device, progress=True)
     out = evaluate_run(trainer.method, trainer.cfg, trainer.train_set, trainer.device)
-    atomic_write_json(Path(ns.run_dir) / "eval.json", {**out, "step": trainer.step,
+    atomic_write_json(Path(ns.run_dir) / "eval.json", {**out, "step": trainer.step, "epochs": trainer.cfg.epochs,
                                                        "provenance": provenance(trainer.device)})
     print(json.dumps(out, indent=2))
     return 0

@@ -94,6 +94,9 @@ def test_cli_train_writes_a_complete_run_directory(tmp_path, cifar_root):
     bad = subprocess.run(cmd[:4] + ["--dataset", "mnist", "--data-root", cifar_root, "--device", "cpu",
                                     "--run-dir", str(tmp_path / "bad")], capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "mnist" in bad.stderr
+    missing = subprocess.run([sys.executable, "-m", "osessl_core", "eval", "--run-dir", str(tmp_path / "none"),
+                              "--device", "cpu"], capture_output=True, text=True)
+    assert missing.returncode == 2 and missing.stderr.count("\n") == 1 and "checkpoint.pt" in missing.stderr
 
 
 CLI_METHOD_ARGS = {"osessl": ["memory_size=64"], "sop": ["memory_size=64"], "msf": ["memory_size=64"],
@@ -117,3 +120,11 @@ def test_cli_trains_every_method_resumes_and_evaluates(tmp_path, cifar_root, met
     assert [json.loads(l)["step"] for l in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3, 4]
     ev = json.loads((run / "eval.json").read_text())   # the shared k-NN evaluation
     assert 0 <= ev["knn_top1"] <= 100 and ev["n_test"] == 100
+    # The `eval` command re-evaluates the checkpoint with the shared k-NN and linear-probe code.
+    ev_cmd = [sys.executable, "-m", "osessl_core", "eval", "--run-dir", str(run), "--device", "cpu", "--linear",
+              "--linear-epochs", "2"]
+    proc = subprocess.run(ev_cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    ev = json.loads((run / "eval.json").read_text())
+    assert ev["step"] == 4 and ev["epochs"] == 1 and ev["linear_epochs"] == 2 and ev["n_test"] == 100
+    assert 0 <= ev["knn_top1"] <= 100 and 0 <= ev["linear_top1"] <= ev["linear_top5"] <= 100
