@@ -7,9 +7,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from osessl_core.config import TrainConfig
 from osessl_core.engine import IncompatibleCheckpointError, Trainer, train
 from osessl_core.losses import (arranging_loss, arranging_row_lse, connection_score, constraint_loss, prior_matrix,
                                 regulator)
+from osessl_core.methods import DataContext, StepRandom, build_method
 from osessl_core.models.aux_features import HOGFeatures, colour_histogram, hog
 
 from test_train import tiny
@@ -93,7 +95,9 @@ def literal_connection_score(aux, eta, mu):
 
 @pytest.mark.parametrize("eta,mu", [(5, 1), (8, 0), (4, 2)])
 def test_connection_score_matches_the_code_triple_loop(eta, mu):
-    aux = torch.randn(30, 3, dtype=f64)  # low-dimensional, so the neighbour graph is far from uniform
+    # Low-dimensional, so the neighbour graph is far from uniform; its own generator: the draw must not depend on
+    # which tests ran before.
+    aux = torch.randn(30, 3, dtype=f64, generator=torch.Generator().manual_seed(0))
     sc = connection_score(aux, eta, mu)
     expected = literal_connection_score(aux, eta, mu)
     close(sc, expected)
@@ -144,10 +148,10 @@ def test_arranging_loss_is_stable_where_the_naive_formula_overflows():
 
 
 def test_arranging_loss_all_zero_scores_is_finite():
-    z = F.normalize(torch.randn(4, 3, requires_grad=True), dim=1)
-    loss = am(z, torch.full((4, 4), 0.25), torch.zeros(4))
+    x = torch.randn(4, 3, requires_grad=True)
+    loss = am(F.normalize(x, dim=1), torch.full((4, 4), 0.25), torch.zeros(4))
     loss.backward()
-    assert torch.isfinite(loss) and loss.item() < 1e-30
+    assert torch.isfinite(loss) and loss.item() < 1e-30 and torch.isfinite(x.grad).all()
 
 
 def test_gradchecks():
@@ -159,6 +163,60 @@ def test_gradchecks():
     m_pro = prior_matrix(torch.randn(4, 6, dtype=f64), torch.randn(4, 6, dtype=f64))
     params = (z, lin1.weight, lin1.bias, lin2.weight, lin2.bias)
     assert torch.autograd.gradcheck(lambda z, *w: constraint_loss(m_pro, regulator(z, z, *w)), params)
+
+
+# ---- the assembled objective --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("base", ["simclr", "byol"])
+def test_method_objective_literal_and_fs_gradient_scaled(base):
+    """L = L_ssl + nu L_AM^s + upsilon L_con on the 2N unit views, every DSA term from the literal loops above
+    (f_s on each concatenated pair, the prior on the views' f_aux features); then f_s's gradient is exactly
+    fs_grad_scale = 1/upsilon times the unscaled one while the forward value and the encoder's gradient stay."""
+    cfg = TrainConfig(method="dsa", width=8, proj_hidden=16, proj_out=8, batch_size=8,
+                      method_args={"base": base, "eta": 5})
+    images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
+    data = DataContext(num_classes=10, image_size=32, mean=(0.5,) * 3, std=(0.25,) * 3, train_images=images,
+                       train_labels=torch.zeros(8, dtype=torch.long), classes=[str(i) for i in range(10)])
+    method = build_method(cfg, data).double()
+    views = method.make_views(images, StepRandom.create(0, torch.device("cpu")), torch.arange(8))
+    views = {k: v.double() for k, v in views.items()}
+    terms, _ = method.loss_terms(views)
+    with torch.no_grad():
+        l_ssl, z1, z2 = method.base.ssl_terms(views)
+    z = unit_rows(torch.cat([z1, z2]))
+    a = unit_rows(torch.cat([views["aux1"], views["aux2"]]))
+    n2 = len(z)
+    lin1, lin2 = method.fs_in, method.fs_out
+    with torch.no_grad():
+        o = [[F.softplus(lin2(torch.relu(lin1(torch.tensor(z[i] + z[j], dtype=f64))))).item() for j in range(n2)]
+             for i in range(n2)]
+    m = [[o[i][j] / sum(o[i]) for j in range(n2)] for i in range(n2)]
+    prior = []
+    for i in range(n2):
+        row = [math.exp(-sq(a[i], a[j]) / 0.7) for j in range(n2)]
+        prior.append([v / sum(row) for v in row])
+    l_con = sum((prior[i][j] - m[i][j]) ** 2 for i in range(n2) for j in range(n2))
+    sc = literal_connection_score(torch.cat([views["aux1"], views["aux2"]]), 5, 1)
+    l_am = naive_arranging_loss(z, m, sc, 1.0, 0.7)
+    close(terms["ssl"], l_ssl)
+    close(terms["con"], l_con)
+    close(terms["am"], l_am)
+    close(terms["loss"], l_ssl.item() + 0.1 * l_am + 100 * l_con)
+
+    def grads(scale):
+        method.fs_grad_scale = scale
+        method.zero_grad()
+        loss = method.loss_terms(views)[0]["loss"]
+        loss.backward()
+        return loss.detach(), {k: p.grad.clone() for k, p in method.named_parameters() if p.grad is not None}
+
+    loss_scaled, scaled = grads(1 / 100)
+    loss_plain, plain = grads(1.0)
+    assert torch.equal(loss_scaled, loss_plain) and scaled.keys() == plain.keys()
+    fs_keys = [k for k in plain if k.startswith("fs_")]
+    assert len(fs_keys) == 4 and any(k.startswith("base.encoder") for k in plain)
+    for k in plain:
+        expected = plain[k] / 100 if k in fs_keys else plain[k]
+        torch.testing.assert_close(scaled[k], expected, rtol=1e-10, atol=1e-14)
 
 
 # ---- f_aux ---------------------------------------------------------------------------------------------------------

@@ -278,6 +278,50 @@ def test_views_anchor_permutations_and_masks():
     assert all(torch.equal(views[k], again[k]) for k in views)  # a function of the run's generator only
 
 
+def test_method_objective_literal_student_masked_teacher_unmasked():
+    """The assembled SOP objective: the student sees the masked global views, the teacher the same views unmasked;
+    CLS pairs v != t at tau_s = 0.1 / tau_t = 0.04 over every anchor task, plus the masked-patch term."""
+    method, images = small_method()
+    method = method.double()
+    views = method.make_views(images[:8], StepRandom.create(0, torch.device("cpu")), torch.arange(8))
+    views = {k: v.double() if v.is_floating_point() else v for k, v in views.items()}
+    terms, _ = method.loss_terms(views)
+    n, grid = 8, 8
+    mask = block_masks(views["mask_u"], grid, 0.3)
+    assert mask.any()
+
+    def embed(encoder, head, mask=None):
+        with torch.no_grad():
+            tokens = encoder.forward_tokens(views["global"], mask)
+            z = F.normalize(head(tokens.flatten(0, 1)), dim=-1, eps=1e-6)
+        return z.view(2, n, tokens.shape[1], -1).tolist()   # [view][image][token][dim]
+
+    zs, zt = embed(method.encoder, method.head, mask), embed(method.teacher_encoder, method.teacher_head)
+    cls_tasks = []
+    for perm in views["anchors"]:
+        members, Y = literal_sops(method.memory.bank, perm, 3, 2, 0.1)
+        D = method.memory.bank[torch.tensor(members).reshape(-1)].tolist()
+        pairs = [sum(literal_ce(literal_probs(zt[t][b][0], D, Y, 0.04), literal_probs(zs[1 - t][b][0], D, Y, 0.1))
+                     for b in range(n)) / n for t in range(2)]
+        cls_tasks.append(sum(pairs) / 2)
+    members, Y = literal_sops(method.patch_memory.bank, views["patch_anchors"][0], 4, 0, 0.1)
+    D = method.patch_memory.bank[torch.tensor(members).reshape(-1)].tolist()
+    m = mask.view(2, n, grid * grid).tolist()
+    per_image = []
+    for v in range(2):
+        for b in range(n):
+            ce = [literal_ce(literal_probs(zt[v][b][1 + p], D, Y, 0.04), literal_probs(zs[v][b][1 + p], D, Y, 0.1))
+                  for p in range(grid * grid) if m[v][b][p]]
+            per_image.append(sum(ce) / max(1, len(ce)))
+    cls, patch = sum(cls_tasks) / len(cls_tasks), sum(per_image) / len(per_image)
+    close(terms["cls"], cls, 1e-7)
+    close(terms["patch"], patch, 1e-7)
+    close(terms["loss"], cls + patch, 1e-7)
+    terms["loss"].backward()
+    assert method.encoder.mask_token.grad.abs().sum() > 0
+    assert all(p.grad is None for p in method.teacher_encoder.parameters())
+
+
 def test_parameter_validation():
     with pytest.raises(ValueError, match="patch tokens"):
         small_method("resnet18", lambda_patch=1.0)
