@@ -214,6 +214,77 @@ def test_cmsf_self_matches_the_code_transcription(epoch1):
     assert method.cache.writes.tolist() == [3] * n
 
 
+@pytest.mark.parametrize("constraint", ["self", "sup", "semi"])
+def test_neighbours_and_memory_slots_over_three_epochs(constraint):
+    """Driving search/after_step as the trainer does: every query's own (just enqueued) slot is among its
+    neighbours; the slots written hold the batch's embeddings, labels and dataset indices; label-constrained
+    neighbours share the query's label whenever M holds k valid entries of it."""
+    gen = torch.Generator().manual_seed(0)
+    n, batch, size, k = 48, 8, 24, 3
+    labels = torch.arange(n) % 3
+    method = method_on(labels, batch, constraint=constraint, memory_size=size, k=k, label_fraction=0.5)
+    checked = 0
+    for epoch in range(3):
+        order = torch.randperm(n, generator=gen)
+        for step in range(n // batch):
+            ids = order[step * batch:(step + 1) * batch]
+            u = unit(batch, 8, gen=gen).float()
+            y = method.batch_labels(u, ids)
+            _, neighbours, aux = method.search(u, ids, y)
+            slots = (method.memory.ptr + torch.arange(batch)) % size
+            own = neighbours["constrained"] == slots.unsqueeze(1)
+            assert own.any(1).all(), (epoch, step)
+            method.after_step({}, aux)
+            mem = method.memory
+            assert torch.equal(mem.bank[slots], u) and torch.equal(mem.labels[slots], y)
+            assert torch.equal(mem.index[slots], ids)
+            valid = mem.index >= 0
+            for i in range(batch):
+                if y[i] >= 0 and int((valid & (mem.labels == y[i])).sum()) >= k:
+                    assert (mem.labels[neighbours["constrained"][i]] == y[i]).all(), (epoch, step, i)
+                    checked += 1
+            if constraint == "sup":
+                assert torch.equal(y, labels[ids])
+            if constraint == "semi":  # labelled images always carry their label
+                known = method.known_labels[ids] >= 0
+                assert torch.equal(y[known], labels[ids][known])
+    assert (checked == 0) if constraint == "self" else (checked > 40)  # self: no labels, every y = -1
+
+
+def test_semi_head_retraining_schedule_and_data():
+    """Rounds at mid-epoch (global batch < 1024) and at every epoch end, never at step 0; each round reads only
+    the latest embeddings of the labelled images seen so far, in head_batch batches for head_epochs epochs."""
+    labels = torch.arange(64) % 4
+    method = method_on(labels, 8, constraint="semi", memory_size=32, k=3, label_fraction=0.25, head_batch=3,
+                       head_epochs=2)
+    rounds = []
+    original = method.retrain_head
+    method.retrain_head = rounds.append
+    for step in range(3 * 8):
+        method.begin_step(step, 8)
+    assert rounds == [4, 8, 12, 16, 20]
+    method.retrain_head = original
+
+    labelled = method.labelled.tolist()
+    assert len(labelled) == 16
+    seen = torch.tensor(labelled[:7])             # 7 labelled and 5 unlabelled images written so far
+    unlabelled = torch.tensor([i for i in range(64) if i not in labelled][:5])
+    gen = torch.Generator().manual_seed(1)
+    method.cache.write_(unit(12, 8, gen=gen).float(), torch.cat([seen, unlabelled]))
+    inputs = []
+    hook = method.head[0].register_forward_hook(lambda mod, args, out: inputs.append(args[0].detach().clone()))
+    before = method.head[0].weight.clone()
+    method.retrain_head(8)
+    hook.remove()
+    assert [len(x) for x in inputs] == [3, 3] * 2           # 7 // 3 full batches, 2 epochs
+    allowed = method.cache.pool[0, seen]
+    for x in inputs:
+        for row in x:
+            assert (row == allowed).all(1).any()             # only labelled images, seen ones
+    assert not torch.equal(before, method.head[0].weight) and not method.head.training
+    assert not any(p.requires_grad for p in method.head.parameters())
+
+
 def test_semi_split_validation_and_registry():
     labels = torch.arange(200) % 4
     split = labelled_fraction(labels, 0.1, seed=7)
@@ -231,6 +302,8 @@ def test_semi_split_validation_and_registry():
         method_on(labels, memory_size=256)
     with pytest.raises(ValueError, match="k=5 must lie"):
         method_on(labels, batch=4, memory_size=64, k=5)
+    with pytest.raises(ValueError, match="k_prime=65 must lie"):
+        method_on(labels, memory_size=64, k_prime=65)
     with pytest.raises(ValueError, match="constraint must be"):
         method_on(labels, constraint="pseudo", memory_size=64)
 

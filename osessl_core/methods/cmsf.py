@@ -11,8 +11,9 @@ the constraint set C_i of M, and L = mean_i (1/k) sum_{m in S_i} (2 - 2 q_i^T m)
 Resolutions (spec 2.6 unless noted):
 * Optimiser: the trainer's SGD and schedule, shared by all methods for the same budget (the paper: SGD 0.05,
   cosine without warm-up, wd 1e-4). Only the constant EMA momentum is the method's own (`momentum`).
-* Networks: projector and predictor are the code's get_mlp, Linear-BN-ReLU-Linear, with cfg.proj_hidden /
-  cfg.proj_out (spec 2.7 CIFAR: 1024 / 128); the predictor always exists (cfg.predictor is not used).
+* Networks: projector and predictor are the code's get_mlp, Linear-BN-ReLU-Linear, with the widths every method
+  shares, cfg.proj_hidden / cfg.proj_out (default 2048 / 512, as BYOL's head; spec 2.7's CIFAR sizes are
+  `--proj-hidden 1024 --proj-out 128`); the predictor always exists (cfg.predictor is not used).
 * Views: the project's weak view for the target; its strong view, without blur and solarisation, for the query.
   The shared colour jitter has saturation 0.2 where the code uses 0.4.
 * M starts empty, with a validity mask, instead of random unit vectors: random entries are not data, and their
@@ -26,6 +27,8 @@ Resolutions (spec 2.6 unless noted):
   one use the unconstrained neighbours and entries without one never enter C_i. In epoch 1 that is every row, so
   the loss is exactly MSF (the spec's default); it also covers images first seen later (drop_last). `"random"`
   reproduces the code: the randn-initialised pool takes part, so C_i = {u_i} + (k'-1) random entries in epoch 1.
+  An image held twice in M (across an epoch boundary) gives two entries with the same M' embedding, an exact tie
+  in C_i as in the code; rounding breaks it, so N ranks may pick the other, equally near entry than 1 rank does.
 * semi: labelled split = `label_fraction` of every class, drawn with the run seed (saved by extra_state and in the
   `labelled` buffer). The code's sup_queue is a FIFO of the labelled images' target embeddings; here it is the
   latest target embedding of every labelled image seen so far (the same set as a FIFO of exactly that size,
@@ -167,8 +170,8 @@ class CMSF(Method):
         if not 1 <= self.k <= batch:
             raise ValueError(f"k={self.k} must lie between 1 and the global batch ({batch}): at the first step M "
                              "holds only the batch")
-        if p.k_prime < 1:
-            raise ValueError(f"k_prime must be >= 1, got {p.k_prime}")
+        if not 1 <= p.k_prime <= p.memory_size:
+            raise ValueError(f"k_prime={p.k_prime} must lie between 1 and memory_size={p.memory_size}")
         if p.constraint == "semi" and not 0 < p.label_fraction <= 1:
             raise ValueError(f"label_fraction must be in (0, 1], got {p.label_fraction}")
 
