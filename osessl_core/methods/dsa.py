@@ -19,6 +19,13 @@ Differences from the spec:
   (BYOL base, lr 0.25: f_s weights 0.4 -> 16 in two steps, then NaN). Scaling f_s's gradient only keeps the
   paper's weighting of the encoder's gradient and gives f_s steps of lr x grad L_con. At full scale (2N = 512,
   lr 0.3) L_con then falls from 0.145 to 0.018 in 1000 steps.
+  SGD's weight decay on f_s is not scaled with it, so relative to its (scaled) gradient it weighs upsilon times
+  more, pulling f_s towards a constant output (a uniform M).
+* With row-normalised M and M^pro (spec 3.4), a row of M averages 1/2N, and no entry of M^pro exceeds
+  1 / (1 + (2N - 1) exp(-4 / tau)) = 0.37 (2N = 512, tau = 0.7). M starts near uniform and is trained towards
+  M^pro, so at alpha = 1, 2 M_ij - alpha stays negative for practically every pair: L_AM^s repels, each pair
+  weighted by the connection score and by how far M_ij lies below alpha / 2. The spec notes this for the code's M (3.2) and keeps the normalisation (3.4); a smaller
+  `alpha` reopens the attracting side.
 Magnitudes at step 0 (spec 3.4-7; CIFAR-10, batch 256, ResNet-18, HOG prior): L_ssl 6.17, L_AM^s 10.4, L_con 0.145,
 so upsilon L_con = 14.5 is 2.3x L_ssl (BYOL: 3.5x), under the spec's 10x limit: the paper's weights are kept.
 Encoder gradient norms: 2.26 (L_ssl), 1.86 (upsilon L_con), 0.22 (nu L_AM^s).
@@ -45,7 +52,7 @@ class DSAParams:
     temperature: float = 0.5      # SimCLR's NT-Xent temperature (unused with BYOL)
     nu: float = 0.1               # weight of L_AM^s (paper section 6.6)
     upsilon: float = 100.0        # weight of L_con
-    alpha: float = 1.0            # 2 M_ij - alpha > 0 attracts, < 0 repels
+    alpha: float = 1.0            # 2 M_ij - alpha > 0 attracts, < 0 repels (nearly always, see the docstring)
     tau: float = 0.7              # temperature of L_AM^s and of M^pro
     eta: int = 20                 # neighbours in the connection score; needs eta < 2N
     mu: int = 1                   # a neighbour counts if more than mu of its neighbours' neighbour lists hold i
