@@ -26,16 +26,20 @@ METHOD_ARGS = {"osessl": {"memory_size": 40, "k": 4}, "sop": {"memory_size": 40,
 # CMSF-self's memory holds one global batch here: a larger one holds some images twice across the epoch boundary,
 # and both entries have the same previous-epoch embedding, an exact tie in C_i that rounding breaks differently
 # for 1 and 2 ranks (different matmul shapes): an equally near, different neighbour, not a mismatch.
-CASES = [(m, METHOD_ARGS.get(m, {}), STEPS) for m in sorted(METHODS) if m != "cmsf"] + [
-    ("cmsf", {"memory_size": GLOBAL_BATCH}, 6),
-    ("cmsf", {"memory_size": 40, "constraint": "semi", "label_fraction": 0.5}, 6)]
+# SOP-MIM also runs on a ViT: per-rank block masks, patch positions and the patch memory.
+CASES = [(m, METHOD_ARGS.get(m, {}), STEPS, "resnet18") for m in sorted(METHODS) if m != "cmsf"] + [
+    ("cmsf", {"memory_size": GLOBAL_BATCH}, 6, "resnet18"),
+    ("cmsf", {"memory_size": 40, "constraint": "semi", "label_fraction": 0.5}, 6, "resnet18"),
+    ("sop", {**METHOD_ARGS["sop"], "patch_memory_size": 40, "vit_depth": 1}, STEPS, "vit_tiny")]
+CASE_IDS = [m + (f"-{a['constraint']}" if "constraint" in a else "") + ("" if arch == "resnet18" else f"-{arch}")
+            for m, a, _, arch in CASES]
 
 
-def config(root, run_dir, world, method, method_args, steps):
-    return TrainConfig(method=method, dataset="cifar10", data_root=root, subset=64, batch_size=GLOBAL_BATCH // world,
-                       epochs=4, width=8, proj_hidden=32, proj_out=16, warmup_epochs=0, base_lr=1.0, device="cpu",
-                       run_dir=run_dir, progress=False, eval_knn=False, log_every=1, max_steps=steps,
-                       method_args=method_args)
+def config(root, run_dir, world, method, method_args, steps, arch):
+    return TrainConfig(method=method, arch=arch, dataset="cifar10", data_root=root, subset=64,
+                       batch_size=GLOBAL_BATCH // world, epochs=4, width=8, proj_hidden=32, proj_out=16,
+                       warmup_epochs=0, base_lr=1.0, device="cpu", run_dir=run_dir, progress=False, eval_knn=False,
+                       log_every=1, max_steps=steps, method_args=method_args)
 
 
 def assert_close(a, b, name):
@@ -72,11 +76,10 @@ def _worker(rank, world, init_file, root, run_dir, case, out):
         shutdown()
 
 
-@pytest.mark.parametrize("method,method_args,steps", CASES,
-                         ids=[m + (f"-{a['constraint']}" if "constraint" in a else "") for m, a, _ in CASES])
-def test_two_ranks_match_one_rank(tmp_path, cifar_root, method, method_args, steps):
+@pytest.mark.parametrize("method,method_args,steps,arch", CASES, ids=CASE_IDS)
+def test_two_ranks_match_one_rank(tmp_path, cifar_root, method, method_args, steps, arch):
     torch.set_default_dtype(torch.float64)
-    case = (method, method_args, steps)
+    case = (method, method_args, steps, arch)
     try:
         one = Trainer(config(cifar_root, str(tmp_path / "one"), 1, *case))
         ref = snapshot(one, one.fit())
@@ -103,6 +106,9 @@ def test_two_ranks_match_one_rank(tmp_path, cifar_root, method, method_args, ste
     if method == "cmsf" and "constraint" not in method_args:  # self: the constrained term differs in epoch 2
         assert all(r["cmsf"] == r["msf"] for r in ref["losses"][:4])
         assert all(r["cmsf"] != r["msf"] for r in ref["losses"][4:])
+    if arch != "resnet18":
+        assert {"patch_memory.bank", "encoder.mask_token"} <= ref["state"].keys()
+        assert "encoder.mask_token" in ref["grads"]
     if method_args.get("constraint") == "semi":
         assert two["state"]["head.1.running_mean"].abs().sum() > 0 and (two["state"]["memory.labels"] >= 0).any()
 
