@@ -240,6 +240,13 @@ def small_method(arch="vit_tiny", **method_args):
     return build_method(cfg, data), images
 
 
+@torch.no_grad()
+def unit_tokens(encoder, head, x, mask=None):
+    """Every token's unit embedding [views*n, tokens, d]: the encoder's tokens through the head, L2-normalised."""
+    tokens = encoder.forward_tokens(x, mask)
+    return F.normalize(head(tokens.flatten(0, 1)), dim=-1, eps=1e-6).view(*tokens.shape[:2], -1)
+
+
 def test_memories_start_random_unit_and_fill_fifo_with_view_2_teacher_embeddings():
     method, images = small_method()
     assert method.mim and method.memory.bank.shape == (24, 16) and int(method.memory.filled) == 24
@@ -250,10 +257,9 @@ def test_memories_start_random_unit_and_fill_fifo_with_view_2_teacher_embeddings
     for step in range(4):  # batches of 8 into memories of 24: the 4th step overwrites the 1st
         views = method.make_views(images[8 * (step % 2):8 * (step % 2) + 8], rng, torch.arange(8))
         _, aux = method.loss_terms(views)
-        with torch.no_grad():  # aux: the teacher's view-2 [CLS] and the token at patch_pos of view 2
-            tokens = method.teacher_encoder.forward_tokens(views["global"])  # both views: one BN batch, as in training
-            z = F.normalize(method.teacher_head(tokens.flatten(0, 1)), dim=-1, eps=1e-6).view(*tokens.shape[:2], -1)
-            z = z[8:]                                                         # view 2
+        # aux: the teacher's view-2 [CLS] and the token at patch_pos of view 2 (both views: one BN batch, as in
+        # training)
+        z = unit_tokens(method.teacher_encoder, method.teacher_head, views["global"])[8:]
         torch.testing.assert_close(aux["cls"], z[:, 0])
         torch.testing.assert_close(aux["patch"], z[torch.arange(8), 1 + views["patch_pos"]])
         method.after_step(views, aux)
@@ -290,13 +296,9 @@ def test_method_objective_literal_student_masked_teacher_unmasked():
     mask = block_masks(views["mask_u"], grid, 0.3)
     assert mask.any()
 
-    def embed(encoder, head, mask=None):
-        with torch.no_grad():
-            tokens = encoder.forward_tokens(views["global"], mask)
-            z = F.normalize(head(tokens.flatten(0, 1)), dim=-1, eps=1e-6)
-        return z.view(2, n, tokens.shape[1], -1).tolist()   # [view][image][token][dim]
-
-    zs, zt = embed(method.encoder, method.head, mask), embed(method.teacher_encoder, method.teacher_head)
+    shape = (2, n, 1 + grid * grid, -1)   # [view][image][token][dim]
+    zs = unit_tokens(method.encoder, method.head, views["global"], mask).view(shape).tolist()
+    zt = unit_tokens(method.teacher_encoder, method.teacher_head, views["global"]).view(shape).tolist()
     cls_tasks = []
     for perm in views["anchors"]:
         members, Y = literal_sops(method.memory.bank, perm, 3, 2, 0.1)
