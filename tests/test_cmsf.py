@@ -258,12 +258,11 @@ def test_semi_head_retraining_schedule_and_data():
     method = method_on(labels, 8, constraint="semi", memory_size=32, k=3, label_fraction=0.25, head_batch=3,
                        head_epochs=2)
     rounds = []
-    original = method.retrain_head
-    method.retrain_head = rounds.append
+    method.retrain_head = rounds.append   # an instance attribute over the method, removed below
     for step in range(3 * 8):
         method.begin_step(step, 8)
     assert rounds == [4, 8, 12, 16, 20]
-    method.retrain_head = original
+    del method.retrain_head
 
     labelled = method.labelled.tolist()
     assert len(labelled) == 16
