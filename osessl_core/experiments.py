@@ -376,6 +376,12 @@ def start(name: str, smoke: bool, out_dir: str, data_root: str | None = None, de
     """Set up a notebook: resolve its paths, silence known-noisy warnings, print the budget it runs with."""
     if quiet:
         setup_quiet()
+    enable_inline_figures()
+    if not smoke and device is None and not torch.cuda.is_available():
+        raise FullBudgetOnCPUError(
+            f"{name}: SMOKE=False runs the paper's full budget (1000-epoch runs), days on this machine without "
+            "CUDA. Set SMOKE = True to check the pipeline in seconds, or DEVICE = \"cpu\" (with a small EPOCHS) "
+            "to run it on the CPU anyway.")
     out = resolve_path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     exp = Experiment(name=name, smoke=bool(smoke), out_dir=out,
@@ -385,6 +391,37 @@ def start(name: str, smoke: bool, out_dir: str, data_root: str | None = None, de
     mode = "SMOKE (tiny CPU budget: checks the pipeline, the numbers are not results)" if exp.smoke else "full"
     print(f"{name}: {mode}; device {exp.torch_device}; data {exp.data_root}; out {exp.out_dir}")
     return exp
+
+
+class FullBudgetOnCPUError(RuntimeError):
+    """Shown in Jupyter as its one-line message, not a traceback: it is a usage error, not a bug."""
+
+    def _render_traceback_(self):  # IPython's hook for custom exception display
+        return [f"{type(self).__name__}: {self}"]
+
+
+def _figure_png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    return buf.getvalue()
+
+
+def enable_inline_figures() -> None:
+    """Make `display(fig)` (and a figure as a cell's last value) render a PNG in Jupyter, papermill and nbconvert.
+
+    The plot helpers build bare `matplotlib.figure.Figure`s without pyplot (no global figure list, no backend
+    state), so the inline backend's formatter, which pyplot installs on import, is never registered: IPython
+    would print `<Figure size ...>`. Registering the PNG formatter for Figure here is what matplotlib-inline does,
+    without pyplot. Outside IPython this does nothing."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return
+    shell = get_ipython()
+    if shell is None:
+        return
+    from matplotlib.figure import Figure
+    shell.display_formatter.formatters["image/png"].for_type(Figure, _figure_png)
 
 
 def setup_quiet() -> None:

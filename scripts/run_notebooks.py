@@ -141,6 +141,12 @@ def main(argv: list[str] | None = None) -> int:
                 "notebook): days of CPU time. Use --smoke to check the pipeline, run on a GPU machine, or pass "
                 "--allow-cpu (with smaller budgets, e.g. -p EPOCHS=10) to run it on this CPU anyway.")
 
+    if not args.smoke and args.allow_cpu:
+        import torch
+        if not torch.cuda.is_available():  # the notebooks refuse a full budget on an implicit CPU device
+            for _, params, _ in plan:
+                params.setdefault("DEVICE", "cpu")
+
     failures, timings = [], []
     for path, params, out_dir in plan:
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -113,15 +113,20 @@ def smoke_run(tmp_path_factory, cifar_root):
     results_before = listing()
     assert load_runner().main(["--smoke", "--prepare-only", str(prepared), "--out-root", str(out),
                                "-p", f"DATA_ROOT={cifar_root}"]) == 0
+    outputs = base / "outputs.jsonl"  # written by tests/nbval_outputs.py: each cell's output MIME types
+    env = {**os.environ, "OSESSL_NBVAL_OUTPUTS": str(outputs),
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "tests"), os.environ.get("PYTHONPATH")]))}
     t0 = time.perf_counter()
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "--nbval-lax", "--nbval-current-env", "--nbval-sanitize-with", str(SANITIZE),
-         "--nbval-cell-timeout", "600", "-p", "no:cacheprovider", "-q", "--rootdir", str(prepared),
-         *sorted(map(str, prepared.glob("*.ipynb")))],
-        cwd=prepared, capture_output=True, text=True, timeout=30 * 60)
+         "--nbval-cell-timeout", "600", "-p", "no:cacheprovider", "-p", "nbval_outputs", "-q",
+         "--rootdir", str(prepared), *sorted(map(str, prepared.glob("*.ipynb")))],
+        cwd=prepared, capture_output=True, text=True, timeout=30 * 60, env=env)
     seconds = time.perf_counter() - t0
     print(f"nbval smoke run of {len(NOTEBOOKS)} notebooks: {seconds:.0f} s")
-    return {"proc": proc, "out": out, "seconds": seconds, "results_unchanged": results_before == listing()}
+    cells = [json.loads(l) for l in outputs.read_text().splitlines()] if outputs.exists() else []
+    return {"proc": proc, "out": out, "seconds": seconds, "results_unchanged": results_before == listing(),
+            "cells": cells}
 
 
 @pytest.mark.slow
@@ -132,6 +137,22 @@ def test_smoke_notebooks_pass_nbval(smoke_run):
     assert " passed" in summary and "failed" not in summary and "error" not in summary, summary
     assert smoke_run["results_unchanged"], "a smoke notebook wrote into the repository's results/"
     assert smoke_run["seconds"] < SMOKE_BUDGET_SECONDS, f"smoke notebooks took {smoke_run['seconds']:.0f} s"
+
+
+FIGURE_CALLS = ("plot_", "save_figure", "Figure(")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", NAMES)
+def test_smoke_notebooks_show_their_figures_inline(smoke_run, name):
+    """A cell that builds or saves a figure shows it as image/png (a bare Figure's text repr is not a plot)."""
+    cells = [c for c in smoke_run["cells"] if c["notebook"] == name]
+    assert cells, f"no executed cells recorded for {name}"
+    figure_cells = [c for c in cells if any(call in c["source"] for call in FIGURE_CALLS)]
+    if name != "quickstart":  # quickstart shows its embedding PNG from disk
+        assert figure_cells, f"{name} draws no figure"
+    for c in figure_cells + [c for c in cells if "Image(" in c["source"]]:
+        assert "image/png" in c["mimes"], f"{name} cell {c['cell']} shows no image: {c['mimes']}\n{c['source']}"
 
 
 def _numbers(obj, key=""):
