@@ -1,7 +1,12 @@
 """Command line: `python -m osessl_core {train,eval,quickstart,methods}` (also installed as `osessl`).
 
 Every TrainConfig field is a flag (`--batch-size 256`, `--no-zero-pad`, ...); method parameters go through
-`-m name=value` and are checked against the method's parameter dataclass.
+`-m name=value` and are checked against the method's parameter dataclass. Resuming a run dir starts from its
+config.json: only the flags given change it (a changed training field needs --allow-config-change).
+
+Errors a user can fix are one line on stderr: exit 2 for usage errors (bad values, paths, data, an incompatible
+or locked run dir), 1 for a run that failed (non-finite loss, disk full), 128 + the signal number when a signal
+stopped training (after a checkpoint). A traceback means a bug (OSESSL_DEBUG=1 shows it for any error).
 """
 from __future__ import annotations
 
@@ -13,7 +18,7 @@ import types
 import typing
 from pathlib import Path
 
-from .config import TrainConfig
+from .config import ConfigError, TrainConfig
 
 
 def _parse_value(text: str):
@@ -42,8 +47,26 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=Path, help="JSON config file; flags override it")
 
 
+def _read_json(path: Path, what: str) -> dict:
+    try:
+        values = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ConfigError(f"cannot read {what} {path}: {getattr(e, 'strerror', None) or e}") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"{what} {path} must hold a JSON object")
+    return values
+
+
 def config_from_args(ns: argparse.Namespace) -> TrainConfig:
-    values = json.loads(ns.config.read_text()) if getattr(ns, "config", None) else {}
+    run_dir = Path(getattr(ns, "run_dir", TrainConfig.run_dir))
+    saved = run_dir / "config.json"
+    resuming = getattr(ns, "resume", True) and (run_dir / "checkpoint.pt").exists() and saved.exists()
+    # A resume keeps the run's own settings, except the limits of one invocation.
+    per_invocation = {"max_steps", "time_limit", "resume", "allow_config_change", "run_dir"}
+    values = ({k: v for k, v in _read_json(saved, "run config").items() if k not in per_invocation}
+              if resuming else {})
+    if getattr(ns, "config", None):
+        values.update(_read_json(ns.config, "--config file"))
     method_args = dict(values.pop("method_args", {}))
     for item in ns.method_args:
         if "=" not in item:
@@ -160,17 +183,40 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _exit_code(e: BaseException) -> int | None:
+    """2 for errors the user can fix by changing the command, 1 for a failed run, None for a bug."""
+    from .engine.checkpoint import IncompatibleCheckpointError
+    from .engine.run_lock import RunDirLockedError
+    from .engine.trainer import NonFiniteLossError, RunDirError
+    from .files import DiskFullError
+    if isinstance(e, (ValueError, FileNotFoundError, NotADirectoryError, PermissionError, IncompatibleCheckpointError,
+                      RunDirLockedError, RunDirError)):
+        return 2
+    if isinstance(e, (NonFiniteLossError, DiskFullError, OSError, RuntimeError)):
+        return 1
+    return None
+
+
 def main(argv=None) -> int:
+    import os
+    import signal
     ns = build_parser().parse_args(argv)
+    from .engine.trainer import TrainingInterrupted
     try:
         return ns.func(ns)
-    except (ValueError, RuntimeError, FileNotFoundError) as e:
-        # Known user errors: one line, no traceback (set OSESSL_DEBUG=1 for the traceback).
-        import os
-        if os.environ.get("OSESSL_DEBUG"):
+    except TrainingInterrupted as e:
+        print(f"{e}", file=sys.stderr)
+        return 128 + getattr(signal, e.signal, signal.SIGINT) if e.signal.startswith("SIG") else 130
+    except KeyboardInterrupt:
+        print("interrupted; the last checkpoint is intact: run the same command again to resume", file=sys.stderr)
+        return 130
+    except Exception as e:
+        code = _exit_code(e)
+        if code is None or os.environ.get("OSESSL_DEBUG"):
             raise
-        print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
-        return 2
+        message = " ".join(str(e).split())  # one line, whatever the message held
+        print(f"error: {type(e).__name__}: {message}", file=sys.stderr)
+        return code
 
 
 if __name__ == "__main__":

@@ -1,5 +1,10 @@
 """Run configuration: one flat dataclass for the engine plus a per-method parameter dataclass.
 
+Every value, from a flag, `-m name=value`, a `--config` JSON file, a notebook or `from_dict`, is converted to
+the field's declared type by `coerce` (hand-written: the types used are few, and a dataclass-to-CLI library
+would replace argparse's help and the `-m` syntax without removing this check for JSON and notebook values),
+and every numeric range is checked by `TrainConfig.validate`, so a bad value is a one-line error at start.
+
 The resolved config (with method parameters filled in) is written into every run directory, and a resumed run
 refuses a checkpoint whose defining fields differ.
 """
@@ -7,9 +12,118 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import types
+import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
+
+
+class ConfigError(ValueError):
+    """A bad configuration value: reported as one line naming the field."""
+
+
+_TRUE, _FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off"}
+
+
+def coerce(value: Any, typ: Any, name: str) -> Any:
+    """`value` converted to the annotation `typ` (bool, int, float, str, Optional, Literal, tuple, list).
+
+    bool takes true/false (any case), 1/0 and yes/no; int rejects 8.5 and booleans; float takes ints; strings
+    from the command line are parsed for the other types. Anything else raises ConfigError naming `name`."""
+    origin, args = typing.get_origin(typ), typing.get_args(typ)
+
+    def fail():
+        shown = getattr(typ, "__name__", None) or str(typ).replace("typing.", "")
+        return ConfigError(f"{name}: expected {shown}, got {value!r}")
+
+    if typ is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null") and type(None) in args):
+            if type(None) in args:
+                return None
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return coerce(value, arg, name)
+            except ConfigError:
+                pass
+        raise fail()
+    if origin is typing.Literal:
+        for choice in args:
+            try:
+                if coerce(value, type(choice), name) == choice:
+                    return choice
+            except ConfigError:
+                pass
+        raise ConfigError(f"{name}: expected one of {list(args)}, got {value!r}")
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
+        if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+            return value.strip().lower() in _TRUE
+        raise fail()
+    if typ is int:
+        if isinstance(value, bool):
+            raise fail()
+        if isinstance(value, int):
+            return value
+        if isinstance(value, str):
+            try:
+                return int(value.strip())
+            except ValueError:
+                raise fail() from None
+        raise fail()
+    if typ is float:
+        if isinstance(value, bool):
+            raise fail()
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value.strip())
+            except ValueError:
+                raise fail() from None
+        raise fail()
+    if typ is str:
+        if isinstance(value, str):
+            return value
+        raise fail()
+    if origin in (tuple, list) or typ in (tuple, list):
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError:
+                raise fail() from None
+        if not isinstance(value, (list, tuple)):
+            raise fail()
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(value) != len(args):
+                raise ConfigError(f"{name}: expected {len(args)} values, got {value!r}")
+            return tuple(coerce(v, a, f"{name}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+        item = args[0] if args else Any
+        out = [coerce(v, item, f"{name}[{i}]") for i, v in enumerate(value)]
+        return tuple(out) if (origin or typ) is tuple else out
+    if origin is dict or typ is dict:
+        if isinstance(value, dict):
+            return dict(value)
+        raise fail()
+    return value
+
+
+def coerce_fields(cls: type, values: dict[str, Any], owner: str) -> dict[str, Any]:
+    """Every value of `values` converted to `cls`'s declared field type; unknown names are an error."""
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        what = "config field(s)" if owner == "config" else f"parameter(s) for {owner}"
+        raise ConfigError(f"unknown {what} {unknown}; valid: {sorted(known)}")
+    prefix = "" if owner == "config" else f"{owner} parameter "
+    return {k: coerce(v, hints[k], prefix + k) for k, v in values.items()}
 
 
 @dataclass
@@ -49,6 +163,7 @@ class TrainConfig:
     # run directory and bookkeeping
     run_dir: str = "runs/default"
     resume: bool = True
+    allow_config_change: bool = False  # resume even if a schedule/optimiser field changed (recorded in the run dir)
     ckpt_every: int = 0                # steps between checkpoints; 0 = once per epoch
     log_every: int = 50
     progress: bool = True
@@ -63,17 +178,44 @@ class TrainConfig:
     # different number of ranks when batch_size x world_size is unchanged.
     IDENTITY = ("method", "dataset", "subset", "method_args", "arch", "width", "zero_pad", "proj_hidden", "proj_out",
                 "predictor", "seed")
+    # Fields that change how a run executes or is evaluated, not what it learns: free to differ on resume, and left
+    # out of the notebooks' run-directory names. Every other field changes the trajectory (the schedule, the
+    # optimiser): a resume that changes one is refused unless allow_config_change, which records the change.
+    EXECUTION = frozenset({
+        "data_root", "device", "amp", "compile", "cuda_graphs", "channels_last", "tf32", "max_steps", "time_limit",
+        "run_dir", "resume", "allow_config_change", "ckpt_every", "log_every", "progress", "eval_knn", "eval_linear",
+        "linear_epochs", "eval_test_subset", "batch_size"})  # batch_size: the global batch is checked instead
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> None:
+        """Every numeric range, checked once when the config is built (ConfigError names the field)."""
+        def need(ok: bool, name: str, rule: str):
+            if not ok:
+                raise ConfigError(f"{name} must be {rule}, got {getattr(self, name)!r}")
+
+        for name in ("batch_size", "epochs", "width", "proj_hidden", "proj_out", "log_every", "linear_epochs"):
+            need(getattr(self, name) >= 1, name, ">= 1")
+        for name in ("subset", "eval_test_subset", "max_steps"):
+            need(getattr(self, name) is None or getattr(self, name) >= 1, name, ">= 1 (or unset)")
+        need(self.ckpt_every >= 0, "ckpt_every", ">= 0 (0 = once per epoch)")
+        for name in ("base_lr", "weight_decay", "warmup_epochs"):
+            need(math.isfinite(getattr(self, name)) and getattr(self, name) >= 0, name, "finite and >= 0")
+        need(self.base_lr > 0, "base_lr", "> 0")
+        need(self.warmup_epochs <= self.epochs, "warmup_epochs", f"<= epochs ({self.epochs})")
+        need(0 <= self.final_lr_ratio <= 1, "final_lr_ratio", "in [0, 1]")
+        need(0 <= self.sgd_momentum < 1, "sgd_momentum", "in [0, 1)")
+        need(0 <= self.momentum_base <= 1, "momentum_base", "in [0, 1]")
+        need(self.time_limit is None or (math.isfinite(self.time_limit) and self.time_limit > 0), "time_limit",
+             "> 0 seconds (or unset)")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown config field(s) {unknown}; valid fields: {sorted(known)}")
-        return cls(**d)
+        return cls(**coerce_fields(cls, d, "config"))
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True))
@@ -84,9 +226,5 @@ class TrainConfig:
 
 
 def resolve_params(params_cls: type, overrides: dict[str, Any], method: str):
-    """Build a method's parameter dataclass from user overrides, rejecting misspelled names."""
-    known = {f.name: f for f in fields(params_cls)}
-    unknown = sorted(set(overrides) - set(known))
-    if unknown:
-        raise ValueError(f"unknown parameter(s) {unknown} for method {method!r}; valid: {sorted(known)}")
-    return params_cls(**overrides)
+    """Build a method's parameter dataclass from user overrides, typed and with misspelled names rejected."""
+    return params_cls(**coerce_fields(params_cls, dict(overrides), f"method {method!r}"))

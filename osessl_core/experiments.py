@@ -51,9 +51,8 @@ SMOKE_METHOD_ARGS: dict[str, Any] = {"memory_size": 64}  # given to every method
 SMOKE_EMBED = dict(points=150, tsne_iter=300, umap_epochs=30)
 # TrainConfig fields that change how a run executes or is evaluated, not what it learns: left out of the run
 # directory's name, so that e.g. re-evaluating with a linear probe reuses the same checkpoint.
-EXECUTION_FIELDS = frozenset({
-    "data_root", "device", "amp", "compile", "cuda_graphs", "channels_last", "tf32", "max_steps", "time_limit", "run_dir", "resume",
-    "ckpt_every", "log_every", "progress", "eval_knn", "eval_linear", "linear_epochs", "eval_test_subset"})
+# The batch size is kept in the name (a notebook run's global batch is its batch_size).
+EXECUTION_FIELDS = TrainConfig.EXECUTION - {"batch_size"}
 
 
 # ============================================================================================ paths and configs

@@ -14,7 +14,6 @@ import json
 import os
 import pickle
 import tarfile
-import tempfile
 import warnings
 import zlib
 from dataclasses import dataclass, replace
@@ -25,6 +24,8 @@ import numpy as np
 import torch
 from PIL import Image
 from tqdm import tqdm
+
+from ..files import atomic_write_bytes
 
 
 class DatasetError(ValueError):
@@ -250,18 +251,10 @@ def _read_cache(path: Path) -> dict | None:
 
 def _write_cache(path: Path, payload: dict) -> None:
     """Atomic (tmp file + rename), so a crash or a concurrent reader never sees half a file."""
-    tmp = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-        os.close(fd)
-        torch.save(payload, tmp)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a shared OSESSL_CACHE should be readable by all
-        os.replace(tmp, path)
+        atomic_write_bytes(path, lambda f: torch.save(payload, f))
     except OSError as e:  # a read-only cache costs speed, not correctness
         warnings.warn(f"could not write dataset cache {path} ({_one_line(e)}); set OSESSL_CACHE or cache_dir")
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 # ---------------------------------------------------------------------------------------------- decoding
@@ -431,14 +424,26 @@ def _decode_image(data: bytes, where: str, image_size: int | None) -> torch.Tens
             img = fast(data)
         except Exception:
             pass
-    if img is None or img.dtype != torch.uint8:  # BMP, 16-bit PNG, or corrupt: PIL decides
+    if img is not None and img.dtype == torch.uint16:  # 16-bit PNG: scale to 8 bits (a cast would clip to 255)
+        img = _to_uint8(img.to(torch.int64), 65535)
+    if img is None or img.dtype != torch.uint8:  # BMP, or corrupt: PIL decides
         try:
             with Image.open(io.BytesIO(data)) as im:
-                img = torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1).contiguous()
+                if im.mode in ("I;16", "I;16B", "I;16L", "I"):  # PIL's convert("RGB") clips these to 255
+                    grey = torch.from_numpy(np.array(im).astype(np.int64))
+                    img = _to_uint8(grey, 65535 if im.mode.startswith("I;16") else max(int(grey.max()), 1))
+                    img = img.unsqueeze(0).expand(3, -1, -1).contiguous()
+                else:
+                    img = torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1).contiguous()
         except Exception as e:
             raise DatasetError(f"cannot decode image {where} ({type(e).__name__}: {_one_line(e)}); "
                                "replace or delete the file") from e
     return _resize(img, image_size) if image_size else img
+
+
+def _to_uint8(values: torch.Tensor, peak: int) -> torch.Tensor:
+    """Integers in [0, peak] -> uint8, rounded to the nearest of 256 levels."""
+    return ((values.clamp(0, peak) * 255 + peak // 2) // peak).to(torch.uint8)
 
 
 def _resize(images: torch.Tensor, size: int) -> torch.Tensor:

@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 
+from ..files import atomic_write_bytes
 from .datasets import DatasetError
 
 
@@ -57,16 +56,7 @@ def save_exemplars(path: str | Path, indices, labels, classes: list[str], seed: 
     chosen = labels[indices].tolist()
     record = {"seed": seed, "shots": shots, "indices": indices.tolist(), "labels": chosen,
               "class_names": [classes[c] for c in chosen], "classes": list(classes)}
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(record, f, indent=1)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    atomic_write_bytes(Path(path), lambda f: f.write(json.dumps(record, indent=1).encode()))
 
 
 def load_exemplars(path: str | Path) -> torch.Tensor:

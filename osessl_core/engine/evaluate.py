@@ -23,7 +23,7 @@ def evaluate_run(method, cfg, train_set, device, test_set=None) -> dict[str, Any
     if test_set is None:
         test_set = load_dataset(cfg.dataset, cfg.data_root, "test")
     if cfg.eval_test_subset:
-        test_set = test_set.subset(seeded_subset(len(test_set), cfg.eval_test_subset, cfg.seed))
+        test_set = test_set.subset(seeded_subset(len(test_set), cfg.eval_test_subset, cfg.seed, "eval_test_subset"))
     mean, std = eval_normalization(train_set)
     encoder = method.eval_encoder()
     # Which network was evaluated, by its attribute name (e.g. "momentum_encoder" for ReSA, "encoder" for SimCLR).

@@ -2,13 +2,25 @@
 
 Run directory layout: config.json (resolved), provenance.json, method_state.json (the method's extra_state, if
 any), exemplars.json (if the method uses exemplars),
-metrics.jsonl (one line per log interval), checkpoint.pt (atomic, latest), eval.json (after training).
+metrics.jsonl (one line per log interval), checkpoint.pt (atomic, latest), eval.json (after training),
+config_changes.jsonl (fields changed on a resume with allow_config_change), .lock (held while a process writes).
+
+Nothing is lost or poisoned (see README, "Reliability"):
+- a checkpoint becomes "confirmed" once the loss of the step after it is finite; until then the previous,
+  confirmed one is kept as checkpoint.prev.pt. A non-finite loss rolls checkpoint.pt back to the confirmed one, so
+  the advice "resume with a lower learning rate" works; parameters and buffers are checked finite before a write;
+- SIGINT, SIGTERM and SIGUSR1 stop at the next step boundary with a checkpoint (a second signal stops at once);
+- one process at a time trains a run directory (run_lock.py); stale temp files are removed at start.
 """
 from __future__ import annotations
 
 import contextlib
 import json
 import math
+import os
+import signal
+import sys
+import threading
 import time
 import warnings
 from dataclasses import dataclass, field, replace
@@ -18,7 +30,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from ..config import TrainConfig
+from ..config import ConfigError, TrainConfig
 from ..data import load_dataset
 from ..data.augment import ViewAugment
 from ..distributed import agree_any, all_reduce_, barrier, is_distributed, is_main_process, rank, world_size
@@ -26,7 +38,9 @@ from ..methods import DataContext, Method, StepRandom, build_method
 from ..models import momentum_at
 from ..models.sync_bn import convert_sync_batchnorm
 from ..provenance import provenance
-from .checkpoint import atomic_write_json, check_compatible, load_checkpoint, save_checkpoint
+from . import run_lock
+from .checkpoint import (atomic_write_json, check_compatible, config_differences, load_checkpoint,
+                         remove_stale_temp_files, save_checkpoint)
 from .schedule import lr_at, scaled_lr
 
 
@@ -36,6 +50,21 @@ def _no_phase(name):
 
 class NonFiniteLossError(FloatingPointError):
     pass
+
+
+class TrainingInterrupted(Exception):
+    """A stop signal ended training at a step boundary, after a checkpoint; `signal` is its name."""
+
+    def __init__(self, message: str, signal_name: str):
+        super().__init__(message)
+        self.signal = signal_name
+
+
+class RunDirError(RuntimeError):
+    pass
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)  # Ctrl-C, SLURM's pre-emption and requeue signals
 
 
 @dataclass
@@ -57,7 +86,7 @@ def resolve_device(name: str) -> torch.device:
         name = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {name!r} requested but CUDA is not available; use --device cpu")
+        raise ConfigError(f"device {name!r} requested but CUDA is not available; use --device cpu")
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())  # torchrun: set to LOCAL_RANK by init_from_env
     return device
@@ -68,9 +97,9 @@ def epoch_order(seed: int, epoch: int, n: int) -> torch.Tensor:
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
 
 
-def seeded_subset(n_total: int, n: int, seed: int) -> torch.Tensor:
+def seeded_subset(n_total: int, n: int, seed: int, what: str = "subset") -> torch.Tensor:
     if n > n_total:
-        raise ValueError(f"subset={n} is larger than the dataset ({n_total} images)")
+        raise ConfigError(f"{what}={n} is larger than the dataset ({n_total} images)")
     return torch.randperm(n_total, generator=torch.Generator().manual_seed(seed))[:n].sort().values
 
 
@@ -88,8 +117,10 @@ def load_train_data(cfg: TrainConfig):
 class Trainer:
     """Holds the state of one run; `fit()` trains until the schedule (or max_steps) ends."""
 
-    def __init__(self, cfg: TrainConfig, train_set=None):
+    def __init__(self, cfg: TrainConfig, train_set=None, lock: bool = True):
+        """lock=False opens the run read-only (inspection, evaluation): no lock, nothing written at start."""
         self.cfg = cfg
+        self.lock = lock
         self.device = resolve_device(cfg.device)
         cuda = self.device.type == "cuda"
         self.amp = cuda if cfg.amp is None else cfg.amp
@@ -106,6 +137,8 @@ class Trainer:
             torch.backends.cuda.matmul.allow_tf32 = self.tf32
             torch.backends.cudnn.allow_tf32 = self.tf32
         self.run_dir = Path(cfg.run_dir)
+        if lock and is_main_process():
+            self._claim_run_dir()
         self.train_set = train_set if train_set is not None else load_train_data(cfg)
         n = len(self.train_set)
         self.global_batch = cfg.batch_size * world_size()
@@ -147,6 +180,7 @@ class Trainer:
             for aug in view_augmentations(self.method):
                 aug.compile()
         self.metrics: list[dict[str, Any]] = []
+        self._stop_signal: str | None = None
         self._resume_or_start()
 
     # ---- run directory -------------------------------------------------------------------------------------
@@ -154,13 +188,40 @@ class Trainer:
     def checkpoint_path(self) -> Path:
         return self.run_dir / "checkpoint.pt"
 
+    @property
+    def previous_checkpoint_path(self) -> Path:
+        """The last confirmed checkpoint, kept while checkpoint.pt is not yet confirmed."""
+        return self.run_dir / "checkpoint.prev.pt"
+
+    def _claim_run_dir(self) -> None:
+        """Create the run dir, take its lock, and clear temp files a killed writer left (safe under the lock)."""
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            run_lock.acquire(self.run_dir)
+            probe = self.run_dir / ".write-test"
+            probe.touch()
+            probe.unlink()
+        except OSError as e:
+            raise RunDirError(f"cannot use run dir {self.run_dir}: {e.strerror or e}") from None
+        remove_stale_temp_files(self.run_dir)
+
+    def close(self) -> None:
+        """Release the run directory (the lock); the trainer's state stays usable."""
+        if self.lock:
+            run_lock.release(self.run_dir)
+
     def _resume_or_start(self) -> None:
         cfg = self.cfg
-        if cfg.resume and self.checkpoint_path.exists():
-            state = load_checkpoint(self.checkpoint_path)
-            check_compatible({**state["config"], "global_batch": state["global_batch"]},
-                             {**cfg.to_dict(), "global_batch": self.global_batch},
-                             TrainConfig.IDENTITY + ("global_batch",), self.checkpoint_path)
+        ckpt, prev = self.checkpoint_path, self.previous_checkpoint_path
+        if self.lock and is_main_process() and not ckpt.exists() and prev.exists():
+            os.replace(prev, ckpt)  # killed between the two renames of a save: the kept one is the latest
+        self._confirmed = not prev.exists()
+        if cfg.resume and ckpt.exists():
+            state = load_checkpoint(ckpt)
+            saved = {**state["config"], "global_batch": state["global_batch"]}
+            now = {**cfg.to_dict(), "global_batch": self.global_batch}
+            check_compatible(saved, now, TrainConfig.IDENTITY + ("global_batch",), ckpt)
+            self._check_schedule_changes(saved, now, state["step"])
             try:
                 self.method.load_state_dict(state["model"])
             except RuntimeError as e:
@@ -184,19 +245,76 @@ class Trainer:
                     "seed": cfg.seed, "dataset": cfg.dataset, "subset": cfg.subset})
             (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
 
+    def _check_schedule_changes(self, saved: dict[str, Any], now: dict[str, Any], step: int) -> None:
+        """Fields outside IDENTITY and EXECUTION change what is learned from here on (lr, epochs, ...): refused,
+        or with allow_config_change recorded in config_changes.jsonl and config.json, so the run dir tells the
+        truth."""
+        fields = sorted(set(now) - set(TrainConfig.IDENTITY) - TrainConfig.EXECUTION - {"global_batch"})
+        diffs = config_differences(saved, now, fields)
+        if not diffs:
+            return
+        if not self.cfg.allow_config_change:
+            raise ConfigError(f"resuming {self.run_dir} with changed training field(s): {'; '.join(diffs)}; "
+                              "pass --allow-config-change to continue with the new values (recorded in the run "
+                              "dir), or use another --run-dir")
+        if self.lock and is_main_process():
+            with open(self.run_dir / "config_changes.jsonl", "a") as f:
+                f.write(json.dumps({"step": step, "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+                                    "changes": {k: {"old": saved.get(k), "new": now.get(k)} for k in fields
+                                                if saved.get(k) != now.get(k)}}) + "\n")
+            self.cfg.save(self.run_dir / "config.json")
+
     def _trim_metrics(self, step: int) -> None:
-        """Drop metric lines logged after the checkpoint we resume from (they will be logged again)."""
+        """Drop metric lines logged after the checkpoint we resume from (they will be logged again), and a
+        partial last line left by a crash in the middle of a write."""
         path = self.run_dir / "metrics.jsonl"
-        if path.exists() and is_main_process():
-            keep = [l for l in path.read_text().splitlines() if l and json.loads(l)["step"] <= step]
-            path.write_text("".join(l + "\n" for l in keep))
+        if path.exists() and is_main_process() and self.lock:
+            keep = [l for l in (_parse_json_line(l) for l in path.read_text().splitlines()) if l and l["step"] <= step]
+            atomic_write_json_lines(path, keep)
 
     def save(self) -> None:
+        """Checkpoint the current step, unless parameters or buffers are non-finite (then roll back and raise).
+
+        A confirmed checkpoint.pt is kept as checkpoint.prev.pt until the new one is confirmed (see confirm)."""
+        state = self.method.state_dict()
+        floats = {k: v for k, v in state.items() if v.is_floating_point()}
+        finite = torch.stack([torch.isfinite(v).all() for v in floats.values()])  # one host sync per checkpoint
+        if not bool(finite.all()):
+            bad = [k for k, ok in zip(floats, finite.tolist()) if not ok]
+            raise NonFiniteLossError(f"non-finite weights at step {self.step} ({', '.join(bad[:3])}"
+                                     f"{', ...' if len(bad) > 3 else ''}; run {self.run_dir}); "
+                                     + self._roll_back())
         if is_main_process():
+            keep = self.previous_checkpoint_path if self._confirmed else None
             save_checkpoint(self.checkpoint_path, {
                 "step": self.step, "global_batch": self.global_batch, "world_size": world_size(),
-                "config": self.cfg.to_dict(), "model": self.method.state_dict(),
-                "optimizer": self.optimizer.state_dict(), "rng": self.rng.state_dict()})
+                "config": self.cfg.to_dict(), "model": state,
+                "optimizer": self.optimizer.state_dict(), "rng": self.rng.state_dict()}, keep_previous=keep)
+        self._confirmed = False
+        if self.step >= self.total_steps:  # finished: no later step to confirm it, and nothing to resume
+            self.confirm()
+
+    def confirm(self) -> None:
+        """The loss of a step after checkpoint.pt was finite: it is good; the kept previous one can go."""
+        if not self._confirmed and is_main_process():
+            self.previous_checkpoint_path.unlink(missing_ok=True)
+        self._confirmed = True
+
+    def _roll_back(self) -> str:
+        """Discard an unconfirmed checkpoint.pt (its weights led to the non-finite values); say what is left."""
+        if self._confirmed or not is_main_process():
+            step = load_checkpoint(self.checkpoint_path)["step"] if self.checkpoint_path.exists() else None
+        elif self.previous_checkpoint_path.exists():
+            os.replace(self.previous_checkpoint_path, self.checkpoint_path)
+            step = load_checkpoint(self.checkpoint_path)["step"]
+        else:
+            self.checkpoint_path.unlink(missing_ok=True)
+            step = None
+        self._confirmed = True
+        where = (f"the checkpoint at step {step} has finite weights" if step is not None
+                 else "no checkpoint with finite weights is left, a rerun starts at step 0")
+        return (f"{where}: resume with a lower learning rate (e.g. --base-lr {self.cfg.base_lr / 10:g} "
+                "--allow-config-change) or check the inputs")
 
     # ---- training ------------------------------------------------------------------------------------------
     def train_step(self, batch: tuple[torch.Tensor, torch.Tensor], phase=None) -> dict[str, torch.Tensor]:
@@ -250,12 +368,46 @@ class Trainer:
     def fit(self) -> TrainResult:
         cfg = self.cfg
         stop = self.total_steps if cfg.max_steps is None else min(cfg.max_steps, self.total_steps)
-        sums: dict[str, torch.Tensor] = {}
-        count, t0 = 0, time.perf_counter()
-        t_fit = t0
         bar = tqdm(total=stop, initial=self.step, desc=f"{cfg.method} {cfg.dataset}", unit="step",
                    disable=not (cfg.progress and is_main_process()), dynamic_ncols=True)
         self.method.train()
+        previous_handlers = self._catch_stop_signals()
+        try:
+            self._loop(stop, bar)
+        finally:
+            bar.close()
+            for sig, handler in previous_handlers.items():
+                signal.signal(sig, handler)
+        if self._stop_signal is not None:
+            raise TrainingInterrupted(
+                f"stopped by {self._stop_signal} at step {self.step}; checkpoint saved in {self.run_dir}: run the "
+                "same command again to resume", self._stop_signal)
+        return TrainResult(self.run_dir, self.method, self.step, self.metrics)
+
+    def _catch_stop_signals(self) -> dict:
+        """Stop signals set a flag read at the next step boundary; a second one stops at once (KeyboardInterrupt;
+        the last checkpoint is intact). Python only delivers signals to the main thread."""
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+        previous = {}
+
+        def handler(signum, frame):
+            if self._stop_signal is not None:
+                raise KeyboardInterrupt
+            self._stop_signal = signal.Signals(signum).name
+            if is_main_process():
+                print(f"\n{self._stop_signal}: stopping after this step with a checkpoint (again to stop now)",
+                      file=sys.stderr, flush=True)
+
+        for sig in STOP_SIGNALS:
+            previous[sig] = signal.signal(sig, handler)
+        return previous
+
+    def _loop(self, stop: int, bar) -> None:
+        cfg = self.cfg
+        sums: dict[str, torch.Tensor] = {}
+        count, t0 = 0, time.perf_counter()
+        t_fit = t0
         while self.step < stop:
             terms = self.train_step(self._batch(self.step))
             for k, v in terms.items():  # accumulate on the device: no host sync per step
@@ -264,22 +416,32 @@ class Trainer:
             bar.update(1)
             end_of_epoch = self.step % self.steps_per_epoch == 0
             flush = self.step % cfg.log_every == 0 or end_of_epoch or self.step == stop
-            # Checked at log points only, and agreed across ranks so that they all stop at the same step.
+            # Checked at log points only, and agreed across ranks so that they all stop at the same step. A stop
+            # signal is seen at the next step in one process; under DDP at the next log point (agreeing every
+            # step would cost a collective and a host sync per step).
             out_of_time = flush and cfg.time_limit is not None and agree_any(
                 time.perf_counter() - t_fit > cfg.time_limit, self.device)
+            if is_distributed():
+                stopping = flush and agree_any(self._stop_signal is not None, self.device)
+            else:
+                stopping = self._stop_signal is not None
             checkpoint = ((cfg.ckpt_every and self.step % cfg.ckpt_every == 0) or end_of_epoch
-                          or self.step == stop or out_of_time)
+                          or self.step == stop or out_of_time or stopping)
             if flush or checkpoint:
                 if count:
-                    row = self._log(sums, count, time.perf_counter() - t0)
+                    try:
+                        row = self._log(sums, count, time.perf_counter() - t0)
+                    except NonFiniteLossError as e:
+                        raise NonFiniteLossError(f"{e}; {self._roll_back()}") from None
+                    self.confirm()  # these steps' losses came from the weights of the last checkpoint onwards
                     bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.3g}")
                 sums, count, t0 = {}, 0, time.perf_counter()
             if checkpoint:  # only after the finiteness check in _log
                 self.save()
-            if out_of_time:
+            if out_of_time or stopping:
+                if stopping and self._stop_signal is None:
+                    self._stop_signal = "a peer rank's signal"
                 break
-        bar.close()
-        return TrainResult(self.run_dir, self.method, self.step, self.metrics)
 
     def _log(self, sums: dict[str, torch.Tensor], count: int, seconds: float) -> dict[str, Any]:
         keys = sorted(sums)
@@ -287,9 +449,8 @@ class Trainer:
         values = {k: float(v) / count for k, v in zip(keys, totals.tolist())}  # the one host sync per interval
         for k, v in values.items():
             if not math.isfinite(v):
-                raise NonFiniteLossError(
-                    f"loss term {k!r} became {v} before step {self.step} (run {self.run_dir}); the last "
-                    f"checkpoint is intact: lower the learning rate or check the inputs, then resume")
+                raise NonFiniteLossError(f"loss term {k!r} became {v} in steps {self.step - count + 1}-{self.step} "
+                                         f"(run {self.run_dir})")
         row = {"step": self.step, "epoch": self.step / self.steps_per_epoch,
                "lr": self.optimizer.param_groups[0]["lr"],
                "momentum": self.momentum,
@@ -302,6 +463,26 @@ class Trainer:
         return row
 
 
+def _parse_json_line(line: str) -> dict | None:
+    """One metrics.jsonl row, or None for an empty or partial line (a crash in the middle of a write)."""
+    try:
+        return json.loads(line) if line.strip() else None
+    except json.JSONDecodeError:
+        return None
+
+
+def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
+    """The rows of a run's metrics.jsonl (partial lines skipped)."""
+    path = Path(run_dir) / "metrics.jsonl"
+    lines = path.read_text().splitlines() if path.exists() else []
+    return [r for r in map(_parse_json_line, lines) if r is not None]
+
+
+def atomic_write_json_lines(path: Path, rows: list[dict]) -> None:
+    from ..files import atomic_write_bytes
+    atomic_write_bytes(path, lambda f: f.write("".join(json.dumps(r) + "\n" for r in rows).encode()))
+
+
 def load_run(run_dir: str | Path, **overrides) -> Trainer:
     """A run directory's model and state without training: its config.json with `overrides`, resumed from its
     checkpoint (not compiled). Used to evaluate or inspect finished or partial runs."""
@@ -310,20 +491,28 @@ def load_run(run_dir: str | Path, **overrides) -> Trainer:
         raise FileNotFoundError(f"no checkpoint.pt in {run_dir}")
     cfg = TrainConfig.load(run_dir / "config.json")
     return Trainer(replace(cfg, **{"run_dir": str(run_dir), "resume": True, "progress": False, "compile": False,
-                                   **overrides}))
+                                   **overrides}), lock=False)
 
 
 def train(cfg: TrainConfig, train_set=None) -> TrainResult:
     """Train (resuming from `cfg.run_dir` if it holds a checkpoint), then evaluate as configured."""
+    evaluating = cfg.eval_knn or cfg.eval_linear
+    if evaluating and cfg.eval_test_subset:  # fail now, not after the training
+        from ..data import load_dataset
+        seeded_subset(len(load_dataset(cfg.dataset, cfg.data_root, "test")), cfg.eval_test_subset, cfg.seed,
+                      "eval_test_subset")
     trainer = Trainer(cfg, train_set)
-    result = trainer.fit()
-    barrier()
-    if (cfg.eval_knn or cfg.eval_linear) and is_main_process() and trainer.step >= trainer.total_steps:
-        from .evaluate import evaluate_run
-        result.eval = evaluate_run(trainer.method, cfg, trainer.train_set, trainer.device)
-        rows = [json.loads(l) for l in (trainer.run_dir / "metrics.jsonl").read_text().splitlines() if l]
-        atomic_write_json(trainer.run_dir / "eval.json", {
-            **result.eval, "step": trainer.step, "epochs": cfg.epochs,
-            "train_seconds": sum(r["seconds"] for r in rows),  # across resumed processes; excludes start-up
-            "provenance": provenance(trainer.device)})
+    try:
+        result = trainer.fit()
+        barrier()
+        if evaluating and is_main_process() and trainer.step >= trainer.total_steps:
+            from .evaluate import evaluate_run
+            result.eval = evaluate_run(trainer.method, cfg, trainer.train_set, trainer.device)
+            atomic_write_json(trainer.run_dir / "eval.json", {
+                **result.eval, "step": trainer.step, "epochs": cfg.epochs,
+                # across resumed processes; excludes start-up
+                "train_seconds": sum(r["seconds"] for r in read_metrics(trainer.run_dir)),
+                "provenance": provenance(trainer.device)})
+    finally:
+        trainer.close()
     return result

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..config import ConfigError
 from ..data.exemplars import select_exemplars
 from ..distributed import gather_nograd, gather_with_grad, rank, shard_bounds, world_size
 from ..losses import (exemplar_prototypes, interpolation_losses, prototype_alignment_loss, prototype_dispersion_loss,
@@ -40,6 +41,18 @@ class OSESSLParams(ReSAParams):
     symmetric_align: bool = False        # also align online(strong) to momentum(weak) (spec 2.6.2 ablation)
     memory_view: str = "weak"            # momentum view enqueued in the bank: weak (default) | strong
 
+    def __post_init__(self):
+        def need(ok, name, rule):
+            if not ok:
+                raise ConfigError(f"osessl parameter {name} must be {rule}, got {getattr(self, name)!r}")
+        for name in ("shots", "k", "memory_size"):
+            need(getattr(self, name) >= 1, name, ">= 1")
+        need(self.k <= self.memory_size, "k", f"<= memory_size ({self.memory_size}): the neighbours come from the bank")
+        need(0 <= self.alpha <= 1, "alpha", "in [0, 1]")
+        for name in ("tau_s", "tau_t", "mix_zeta", "temperature", "sinkhorn_eps"):
+            need(getattr(self, name) > 0, name, "> 0")
+        need(self.memory_view in ("weak", "strong"), "memory_view", "'weak' or 'strong'")
+
 
 class OSESSL(ReSA):
     name = "osessl"
@@ -47,8 +60,6 @@ class OSESSL(ReSA):
 
     def __init__(self, cfg, params: OSESSLParams, data: DataContext):
         super().__init__(cfg, params, data)
-        if params.memory_view not in ("weak", "strong"):
-            raise ValueError(f"memory_view must be 'weak' or 'strong', got {params.memory_view!r}")
         self.num_classes = data.num_classes
         idx = select_exemplars(data.train_labels, data.num_classes, shots=params.shots, seed=cfg.seed)
         self.register_buffer("exemplar_indices", idx)
