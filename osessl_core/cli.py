@@ -70,7 +70,7 @@ def config_from_args(ns: argparse.Namespace) -> TrainConfig:
     method_args = dict(values.pop("method_args", {}))
     for item in ns.method_args:
         if "=" not in item:
-            raise SystemExit(f"error: -m expects NAME=VALUE, got {item!r}")
+            raise ConfigError(f"-m expects NAME=VALUE, got {item!r}")
         k, v = item.split("=", 1)
         method_args[k.strip()] = _parse_value(v)
     skip = {"command", "config", "method_args", "func"}
@@ -131,7 +131,7 @@ def cmd_bench(ns) -> int:
     modes = ns.modes.split(",") if ns.modes else tuple(MODES)
     unknown = sorted(set(modes) - set(MODES))
     if unknown:
-        raise SystemExit(f"error: unknown mode(s) {unknown}; choose from {sorted(MODES)}")
+        raise ConfigError(f"unknown mode(s) {unknown}; choose from {sorted(MODES)}")
     res = run_bench(cfg, methods=ns.methods.split(",") if ns.methods else None, modes=modes,
                     warmup=ns.warmup or (2 if tiny else 20),
                     steps=ns.steps or (3 if tiny else 50), compile_on_cpu=ns.compile_on_cpu, out=out)

@@ -203,7 +203,6 @@ class TrainConfig:
         for name in ("base_lr", "weight_decay", "warmup_epochs"):
             need(math.isfinite(getattr(self, name)) and getattr(self, name) >= 0, name, "finite and >= 0")
         need(self.base_lr > 0, "base_lr", "> 0")
-        need(self.warmup_epochs <= self.epochs, "warmup_epochs", f"<= epochs ({self.epochs})")
         need(0 <= self.final_lr_ratio <= 1, "final_lr_ratio", "in [0, 1]")
         need(0 <= self.sgd_momentum < 1, "sgd_momentum", "in [0, 1)")
         need(0 <= self.momentum_base <= 1, "momentum_base", "in [0, 1]")
