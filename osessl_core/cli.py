@@ -18,7 +18,7 @@ import types
 import typing
 from pathlib import Path
 
-from .config import ConfigError, TrainConfig
+from .config import ConfigError, TrainConfig, field_comments
 
 
 def _parse_value(text: str):
@@ -30,6 +30,7 @@ def _parse_value(text: str):
 
 def _add_config_flags(p: argparse.ArgumentParser) -> None:
     hints = typing.get_type_hints(TrainConfig)
+    comments = field_comments(TrainConfig)
     for f in dataclasses.fields(TrainConfig):
         if f.name == "method_args":
             continue
@@ -38,10 +39,14 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
         args = typing.get_args(typ)
         optional = typing.get_origin(typ) in (typing.Union, types.UnionType) and type(None) in args
         base = next(a for a in args if a is not type(None)) if optional else typ
+        default = "unset" if f.default is None else f.default
+        text = f"{comments.get(f.name, f.name.replace('_', ' '))} (default: {default})".replace("%", "%%")
         if base is bool:
-            p.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS)
+            p.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+                           help=text)
         else:
-            p.add_argument(flag, dest=f.name, type=base, default=argparse.SUPPRESS, metavar=base.__name__.upper())
+            p.add_argument(flag, dest=f.name, type=base, default=argparse.SUPPRESS, metavar=base.__name__.upper(),
+                           help=text)
     p.add_argument("-m", "--method-arg", dest="method_args", action="append", default=[], metavar="NAME=VALUE",
                    help="method parameter, e.g. -m k=8 -m tau_s=0.1 (see `methods`)")
     p.add_argument("--config", type=Path, help="JSON config file; flags override it")
@@ -140,11 +145,28 @@ def cmd_bench(ns) -> int:
     return 0
 
 
+def cmd_export(ns) -> int:
+    from .export import export_encoder
+    card = export_encoder(ns.run_dir, ns.out)
+    print(json.dumps({k: card[k] for k in ("weights", "sha256", "torchvision_constructor", "method", "knn_top1")},
+                     indent=2))
+    print(f"written: {ns.out} and {Path(ns.out).with_suffix('.json')}")
+    return 0
+
+
 def cmd_methods(ns) -> int:
     from .methods import METHODS
     for name, cls in METHODS.items():
-        params = ", ".join(f"{f.name}={f.default!r}" for f in dataclasses.fields(cls.Params))
-        print(f"{name}: {params}")
+        doc = (sys.modules[cls.__module__].__doc__ or "").strip().splitlines()
+        print(f"{name}: {doc[0] if doc else cls.__name__}")
+        hints, comments = typing.get_type_hints(cls.Params), field_comments(cls.Params)
+        fields = dataclasses.fields(cls.Params)
+        if not fields:
+            print("    (no parameters of its own; see its docstring)")
+        for f in fields:
+            typ = getattr(hints[f.name], "__name__", None) or str(hints[f.name]).replace("typing.", "")
+            setting = f"{f.name}={f.default!r}"
+            print(f"    -m {setting:<24} {typ:<12} {comments.get(f.name, '')}".rstrip())
     return 0
 
 
@@ -178,6 +200,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile-on-cpu", action="store_true", help="also compile on CPU (slow to compile)")
     p.add_argument("--out", default=None, help="JSON path; default results/bench/bench-<device>.json")
     p.set_defaults(func=cmd_bench)
+    p = sub.add_parser("export", help="write a run's evaluated encoder as a torchvision state_dict + JSON card")
+    p.add_argument("--run-dir", required=True, help="the run directory to export")
+    p.add_argument("--out", required=True, help="weights file, e.g. encoder.pt (the card goes to encoder.json)")
+    p.set_defaults(func=cmd_export)
     p = sub.add_parser("methods", help="list registered methods and their parameters")
     p.set_defaults(func=cmd_methods)
     return parser

@@ -114,6 +114,22 @@ def coerce(value: Any, typ: Any, name: str) -> Any:
     return value
 
 
+def field_comments(cls: type) -> dict[str, str]:
+    """{field: its trailing `# comment`} from the source of a dataclass and its bases: the one place each
+    field is explained, reused as the CLI's help and by `methods`."""
+    import inspect
+    import re
+    out: dict[str, str] = {}
+    for klass in reversed(cls.__mro__[:-1]):
+        try:
+            source = inspect.getsource(klass)
+        except (OSError, TypeError):
+            continue
+        for m in re.finditer(r"^    (\w+): [^=\n]+=[^#\n]*#\s*(.+)$", source, re.M):
+            out[m.group(1)] = m.group(2).strip()
+    return out
+
+
 def coerce_fields(cls: type, values: dict[str, Any], owner: str) -> dict[str, Any]:
     """Every value of `values` converted to `cls`'s declared field type; unknown names are an error."""
     hints = typing.get_type_hints(cls)

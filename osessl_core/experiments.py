@@ -123,7 +123,8 @@ def steps_per_epoch(cfg: TrainConfig) -> int:
 # ============================================================================================ results
 
 def _plain(x):
-    """JSON-safe copy: numpy/torch scalars become Python numbers; non-finite floats are an error."""
+    """JSON-safe copy: numpy/torch scalars become Python numbers, paths inside the repository become relative to
+    it (a result file means the same on every clone); non-finite floats are an error."""
     if isinstance(x, dict):
         return {str(k): _plain(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
@@ -134,7 +135,9 @@ def _plain(x):
     if isinstance(x, np.generic):
         x = x.item()
     if isinstance(x, Path):
-        return str(x)
+        x = str(x)
+    if isinstance(x, str) and x.startswith(str(REPO_ROOT) + "/"):
+        return x[len(str(REPO_ROOT)) + 1:]  # paths inside the clone are stored relative to the repository
     if isinstance(x, float) and not math.isfinite(x):
         raise ValueError(f"refusing to write a non-finite number ({x}) into a result file")
     return x
@@ -480,31 +483,51 @@ def param_value(cfg: TrainConfig, name: str):
     return getattr(METHODS[cfg.method].Params(**cfg.method_args), name, None)
 
 
-def plot_sweep(rows: list[dict], title: str, columns=MEASURED):
-    """One panel per dataset: the measured accuracies per row (left axis) and the paper's (right axis, dashed).
+def mean_std(rows: list[dict], columns=MEASURED) -> list[dict]:
+    """Per dataset: mean and sample std (ddof=1) of each column over the rows (Table 9's seeds), with the same
+    statistics of the paper's per-row numbers where the rows carry paper_* columns."""
+    out = []
+    for ds in dict.fromkeys(r["dataset"] for r in rows):
+        sub = [r for r in rows if r["dataset"] == ds]
+        rec: dict[str, Any] = {"dataset": ds, "n": len(sub)}
+        for col in columns:
+            for prefix in ("", "paper_"):
+                vals = [r[prefix + col] for r in sub if isinstance(r.get(prefix + col), (int, float))]
+                if vals:
+                    rec[f"{prefix}{col}_mean"] = round(float(np.mean(vals)), 4)
+                    rec[f"{prefix}{col}_std"] = round(float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0, 4)
+        out.append(rec)
+    return out
 
-    Two axes because a short or smoke run sits far below the paper's 1000-epoch numbers."""
+
+def plot_sweep(rows: list[dict], title: str, columns=MEASURED):
+    """One panel per dataset, one shared y-axis: a dot per (row, column), measured filled and the paper's hollow
+    beside it. Rows are categories, so no line joins them; a short or smoke run simply sits below the paper."""
     from matplotlib.figure import Figure
     datasets = list(dict.fromkeys(r["dataset"] for r in rows))
-    fig = Figure(figsize=(max(4.0, 1.1 * len(rows) / max(len(datasets), 1) + 3) * max(len(datasets), 1), 3.6),
+    per_panel = max((sum(r["dataset"] == ds for r in rows) for ds in datasets), default=1)
+    fig = Figure(figsize=(max(4.0, 0.55 * per_panel * len(columns) + 2.5) * max(len(datasets), 1), 4.0),
                  layout="constrained")
-    axes = fig.subplots(1, max(len(datasets), 1), squeeze=False)[0]
+    axes = fig.subplots(1, max(len(datasets), 1), squeeze=False, sharey=True)[0]
+    width = 0.8 / max(len(columns), 1)
     for ax, ds in zip(axes, datasets):
         sub = [r for r in rows if r["dataset"] == ds]
         x = np.arange(len(sub))
-        twin = ax.twinx()
         for i, col in enumerate(columns):
-            ax.plot(x, [r.get(col, np.nan) for r in sub], "o-", color=f"C{i}", label=f"measured {col}")
-            paper = [r.get(f"paper_{col}", np.nan) for r in sub]
-            if not all(v is None or np.isnan(v) for v in paper):
-                twin.plot(x, paper, "s--", color=f"C{i}", alpha=0.5, label=f"paper {col}")
-        ax.set_xticks(x, [r["row"] for r in sub], rotation=30, ha="right")
-        ax.set_ylabel("measured top-1 (%)")
-        twin.set_ylabel("paper top-1 (%)")
+            off = x + (i - (len(columns) - 1) / 2) * width
+            measured = [r.get(col) if isinstance(r.get(col), (int, float)) else np.nan for r in sub]
+            paper = [r.get(f"paper_{col}") if isinstance(r.get(f"paper_{col}"), (int, float)) else np.nan
+                     for r in sub]
+            ax.plot(off - width / 5, measured, "o", color=f"C{i}", label=f"measured {col}")
+            if not np.all(np.isnan(paper)):
+                ax.plot(off + width / 5, paper, "D", mfc="none", color=f"C{i}", label=f"paper {col}")
+        ax.set_xticks(x, [str(r.get("row", r.get("method"))) for r in sub], rotation=30, ha="right")
+        ax.set_xlim(-0.6, len(sub) - 0.4)
+        ax.grid(axis="y", alpha=0.3)
         ax.set_title(ds)
-        handles = ax.get_legend_handles_labels()
-        handles2 = twin.get_legend_handles_labels()
-        ax.legend(handles[0] + handles2[0], handles[1] + handles2[1], fontsize=7, loc="lower right")
+    axes[0].set_ylabel("top-1 (%)")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=max(len(labels), 1), fontsize=8, frameon=False)
     fig.suptitle(title)
     return fig
 

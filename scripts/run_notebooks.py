@@ -32,6 +32,28 @@ NOTEBOOKS = REPO / "notebooks"
 KERNEL = "python3"
 
 
+def ipc_kernel_manager():
+    """A kernel manager that talks to the kernel over Unix sockets in a private temp dir instead of TCP on
+    localhost. ipykernel warns "Kernel is running over TCP without encryption" for every TCP kernel; with no TCP
+    port there is nothing to eavesdrop on (messages are HMAC-signed either way), and no warning."""
+    import atexit
+    import shutil
+    import tempfile
+
+    from jupyter_client.manager import KernelManager
+
+    socket_dir = tempfile.mkdtemp(prefix="osessl-kernel-")
+    atexit.register(shutil.rmtree, socket_dir, True)
+
+    class IPCKernelManager(KernelManager):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.transport = "ipc"
+            self.ip = str(Path(socket_dir) / "kernel")
+
+    return IPCKernelManager
+
+
 def notebook_paths(names: list[str]) -> list[Path]:
     available = {p.stem: p for p in sorted(NOTEBOOKS.glob("*.ipynb"))}
     if not names:
@@ -148,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
                 params.setdefault("DEVICE", "cpu")
 
     failures, timings = [], []
+    kernel_manager = ipc_kernel_manager()
     for path, params, out_dir in plan:
         out_dir.mkdir(parents=True, exist_ok=True)
         executed = out_dir / path.name
@@ -156,7 +179,8 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         try:
             pm.execute_notebook(str(path), str(executed), parameters=params, kernel_name=KERNEL, cwd=str(NOTEBOOKS),
-                                progress_bar=False, execution_timeout=args.timeout)
+                                progress_bar=False, execution_timeout=args.timeout,
+                                kernel_manager_class=kernel_manager)
             status = "ok"
         except Exception as e:  # papermill raises PapermillExecutionError with the failing cell's traceback
             status = "FAILED"

@@ -142,7 +142,11 @@ def load_dataset(name: str, root: str | Path, split: str = "train", cache_dir: s
         raise DatasetError(f"image_size must be a positive int or None, got {image_size!r}")
     root = Path(root).expanduser().resolve()  # one cache entry however the path is spelled
     if not root.exists():
-        raise DatasetError(f"dataset root {root} does not exist; pass the folder (or .tar.gz) that holds the data")
+        how = ("a folder or .tar.gz with train/<class>/ and test/<class>/ images" if name == "imagefolder" else
+               f"a folder holding torchvision's {_PICKLES[name][0]}/ or {name}-jpg.tar.gz, or an existing folder "
+               "for torchvision to download into (needs a network)")
+        raise DatasetError(f"dataset root {root} does not exist (looked there for {name} data); pass --data-root: "
+                           + how)
 
     downloaded = False
     if name == "imagefolder":
