@@ -183,6 +183,10 @@ class TrainConfig:
     ckpt_every: int = 0                # steps between checkpoints; 0 = once per epoch
     log_every: int = 50
     progress: bool = True
+    knn_monitor_every: int = 0         # epochs between online 5-NN checks on a fixed subset (0 = off)
+    knn_monitor_train: int = 5000      # train images in the online k-NN bank
+    knn_monitor_test: int = 1000       # test images it classifies
+    tensorboard: bool = False          # also log the metrics to <run_dir>/tensorboard (needs tensorboard)
     # evaluation after training
     eval_knn: bool = True
     eval_linear: bool = False
@@ -200,7 +204,8 @@ class TrainConfig:
     EXECUTION = frozenset({
         "data_root", "device", "amp", "compile", "cuda_graphs", "channels_last", "tf32", "max_steps", "time_limit",
         "run_dir", "resume", "allow_config_change", "ckpt_every", "log_every", "progress", "eval_knn", "eval_linear",
-        "linear_epochs", "eval_test_subset", "batch_size"})  # batch_size: the global batch is checked instead
+        "linear_epochs", "eval_test_subset", "batch_size", "knn_monitor_every", "knn_monitor_train", "knn_monitor_test",
+        "tensorboard"})  # batch_size: the global batch is checked instead
 
     def __post_init__(self):
         self.validate()
@@ -211,7 +216,9 @@ class TrainConfig:
             if not ok:
                 raise ConfigError(f"{name} must be {rule}, got {getattr(self, name)!r}")
 
-        for name in ("batch_size", "epochs", "width", "proj_hidden", "proj_out", "log_every", "linear_epochs"):
+        need(self.knn_monitor_every >= 0, "knn_monitor_every", ">= 0 (0 = off)")
+        for name in ("batch_size", "epochs", "width", "proj_hidden", "proj_out", "log_every", "linear_epochs",
+                     "knn_monitor_train", "knn_monitor_test"):
             need(getattr(self, name) >= 1, name, ">= 1")
         for name in ("subset", "eval_test_subset", "max_steps"):
             need(getattr(self, name) is None or getattr(self, name) >= 1, name, ">= 1 (or unset)")

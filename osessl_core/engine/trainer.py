@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 from ..config import ConfigError, TrainConfig
 from ..data import load_dataset
 from ..data.augment import ViewAugment
+from ..eval.curves import read_metrics
 from ..distributed import agree_any, all_reduce_, barrier, is_distributed, is_main_process, rank, world_size
 from ..methods import DataContext, Method, StepRandom, build_method
 from ..models import momentum_at
@@ -181,6 +182,12 @@ class Trainer:
                 aug.compile()
         self.metrics: list[dict[str, Any]] = []
         self._stop_signal: str | None = None
+        self.knn_monitor = self.tensorboard = None
+        if cfg.knn_monitor_every and is_main_process():
+            from ..data import load_dataset
+            from .monitor import KnnMonitor
+            self.knn_monitor = KnnMonitor(self.train_set, load_dataset(cfg.dataset, cfg.data_root, "test"),
+                                          cfg.knn_monitor_train, cfg.knn_monitor_test, cfg.seed, self.device)
         self._resume_or_start()
 
     # ---- run directory -------------------------------------------------------------------------------------
@@ -269,8 +276,7 @@ class Trainer:
         partial last line left by a crash in the middle of a write."""
         path = self.run_dir / "metrics.jsonl"
         if path.exists() and is_main_process() and self.lock:
-            keep = [l for l in (_parse_json_line(l) for l in path.read_text().splitlines()) if l and l["step"] <= step]
-            atomic_write_json_lines(path, keep)
+            atomic_write_json_lines(path, [r for r in read_metrics(self.run_dir) if r["step"] <= step])
 
     def save(self) -> None:
         """Checkpoint the current step, unless parameters or buffers are non-finite (then roll back and raise).
@@ -372,10 +378,16 @@ class Trainer:
                    disable=not (cfg.progress and is_main_process()), dynamic_ncols=True)
         self.method.train()
         previous_handlers = self._catch_stop_signals()
+        self.tensorboard = None
+        if cfg.tensorboard and is_main_process() and self.lock:
+            from .monitor import TensorBoardLog
+            self.tensorboard = TensorBoardLog(self.run_dir)
         try:
             self._loop(stop, bar)
         finally:
             bar.close()
+            if self.tensorboard is not None:
+                self.tensorboard.close()
             for sig, handler in previous_handlers.items():
                 signal.signal(sig, handler)
         if self._stop_signal is not None:
@@ -429,8 +441,12 @@ class Trainer:
                           or self.step == stop or out_of_time or stopping)
             if flush or checkpoint:
                 if count:
+                    extra = {}
+                    epoch = self.step // self.steps_per_epoch
+                    if end_of_epoch and self.knn_monitor is not None and epoch % cfg.knn_monitor_every == 0:
+                        extra["knn_monitor_top1"] = self.knn_monitor(self.method)  # between steps, rank 0
                     try:
-                        row = self._log(sums, count, time.perf_counter() - t0)
+                        row = self._log(sums, count, time.perf_counter() - t0, extra)
                     except NonFiniteLossError as e:
                         raise NonFiniteLossError(f"{e}; {self._roll_back()}") from None
                     self.confirm()  # these steps' losses came from the weights of the last checkpoint onwards
@@ -443,7 +459,8 @@ class Trainer:
                     self._stop_signal = "a peer rank's signal"
                 break
 
-    def _log(self, sums: dict[str, torch.Tensor], count: int, seconds: float) -> dict[str, Any]:
+    def _log(self, sums: dict[str, torch.Tensor], count: int, seconds: float,
+             extra: dict[str, float] | None = None) -> dict[str, Any]:
         keys = sorted(sums)
         totals = all_reduce_(torch.stack([sums[k].double() for k in keys])) / world_size()  # mean over ranks
         values = {k: float(v) / count for k, v in zip(keys, totals.tolist())}  # the one host sync per interval
@@ -455,27 +472,14 @@ class Trainer:
                "lr": self.optimizer.param_groups[0]["lr"],
                "momentum": self.momentum,
                **values, "steps": count, "seconds": seconds,
-               "images_per_s": count * self.global_batch / max(seconds, 1e-9)}
+               "images_per_s": count * self.global_batch / max(seconds, 1e-9), **(extra or {})}
         self.metrics.append(row)
         if is_main_process():
             with open(self.run_dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(row) + "\n")
+            if self.tensorboard is not None:
+                self.tensorboard.log(row)
         return row
-
-
-def _parse_json_line(line: str) -> dict | None:
-    """One metrics.jsonl row, or None for an empty or partial line (a crash in the middle of a write)."""
-    try:
-        return json.loads(line) if line.strip() else None
-    except json.JSONDecodeError:
-        return None
-
-
-def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
-    """The rows of a run's metrics.jsonl (partial lines skipped)."""
-    path = Path(run_dir) / "metrics.jsonl"
-    lines = path.read_text().splitlines() if path.exists() else []
-    return [r for r in map(_parse_json_line, lines) if r is not None]
 
 
 def atomic_write_json_lines(path: Path, rows: list[dict]) -> None:

@@ -1,5 +1,6 @@
 """Evaluation of frozen encoders: feature extraction, kNN, linear probe, clustering metrics, 2-D embeddings."""
 from .clustering import clustering_metrics
+from .curves import plot_metrics, read_metrics
 from .embedding import embed_2d, plot_embeddings
 from .features import extract_features
 from .knn import knn_accuracy, knn_classify
@@ -14,4 +15,6 @@ __all__ = [
     "clustering_metrics",
     "embed_2d",
     "plot_embeddings",
+    "plot_metrics",
+    "read_metrics",
 ]
