@@ -154,6 +154,24 @@ def cmd_export(ns) -> int:
     return 0
 
 
+def cmd_report(ns) -> int:
+    from .experiments import table, write_results
+    from .report import collect, plot_bench, plot_curves, plot_measured_vs_paper
+    found = collect(ns.results)
+    out = Path(ns.out)
+    figures = {"measured_vs_paper": plot_measured_vs_paper(found["runs"]), "bench": plot_bench(found["bench"]),
+               "curves": plot_curves(ns.results)}
+    out.mkdir(parents=True, exist_ok=True)
+    for name, fig in figures.items():
+        if fig is not None:
+            fig.savefig(out / f"{name}.png", dpi=120, bbox_inches="tight")
+    write_results(out, "report", found["runs"], {"bench": found["bench"], "results_root": str(ns.results)})
+    print(table(found["runs"], ["method", "dataset", "budget_epochs", "knn_top1", "paper_knn_top1", "linear_top1",
+                                "paper_linear_top1", "device", "git_sha", "date"]).to_string(index=False))
+    print(f"written: {out}/report.json, report.csv and the figures")
+    return 0
+
+
 def cmd_methods(ns) -> int:
     from .methods import METHODS
     for name, cls in METHODS.items():
@@ -204,6 +222,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-dir", required=True, help="the run directory to export")
     p.add_argument("--out", required=True, help="weights file, e.g. encoder.pt (the card goes to encoder.json)")
     p.set_defaults(func=cmd_export)
+    p = sub.add_parser("report", help="collect every result under results/ beside the paper's numbers, with plots")
+    p.add_argument("--results", default="results", help="the results folder to read (default: results)")
+    p.add_argument("--out", default="results/report", help="where report.json/csv and the PNGs go")
+    p.set_defaults(func=cmd_report)
     p = sub.add_parser("methods", help="list registered methods and their parameters")
     p.set_defaults(func=cmd_methods)
     return parser

@@ -360,7 +360,7 @@ class Experiment:
             device=self.torch_device, config=config, seed=self.seed,
             data_source={"data_root": self.data_root, **self.data_sources},
             wall_seconds=time.perf_counter() - self.started)
-        print("wrote", ", ".join(str(p) for p in paths.values()))
+        print("wrote", ", ".join(_plain(str(p)) for p in paths.values()))
         return paths
 
     def save_figure(self, fig, stem: str) -> list[Path]:
@@ -374,12 +374,13 @@ def _last_logged_loss(run_dir) -> float | None:
 
 
 def start(name: str, smoke: bool, out_dir: str, data_root: str | None = None, device: str | None = None,
-          seed: int = 0, run_root: str | None = None, quiet: bool = True) -> Experiment:
-    """Set up a notebook: resolve its paths, silence known-noisy warnings, print the budget it runs with."""
+          seed: int = 0, run_root: str | None = None, quiet: bool = True, trains: bool = True) -> Experiment:
+    """Set up a notebook: resolve its paths, silence known-noisy warnings, print the budget it runs with.
+    `trains=False` (a notebook that only reads results) skips the refusal of a full budget without CUDA."""
     if quiet:
         setup_quiet()
     enable_inline_figures()
-    if not smoke and device is None and not torch.cuda.is_available():
+    if trains and not smoke and device is None and not torch.cuda.is_available():
         raise FullBudgetOnCPUError(
             f"{name}: SMOKE=False runs the paper's full budget (1000-epoch runs), days on this machine without "
             "CUDA. Set SMOKE = True to check the pipeline in seconds, or DEVICE = \"cpu\" (with a small EPOCHS) "
@@ -391,7 +392,7 @@ def start(name: str, smoke: bool, out_dir: str, data_root: str | None = None, de
                      data_root=str(resolve_path(data_root) if data_root else DEFAULT_DATA_ROOT),
                      device=device, seed=int(seed))
     mode = "SMOKE (tiny CPU budget: checks the pipeline, the numbers are not results)" if exp.smoke else "full"
-    print(f"{name}: {mode}; device {exp.torch_device}; data {exp.data_root}; out {exp.out_dir}")
+    print(f"{name}: {mode}; device {exp.torch_device}; data {_plain(exp.data_root)}; out {_plain(str(exp.out_dir))}")
     return exp
 
 
