@@ -10,6 +10,10 @@ from .dsa import DSA
 from .resa import ReSA
 from .simclr import SimCLR
 from .sop import SOP
+from .simsiam import SimSiam
+from .mocov3 import MoCoV3
+from .barlow import BarlowTwins
+from .vicreg import VICReg
 
 METHODS: dict[str, type[Method]] = {
     "resa": ReSA,
@@ -20,6 +24,10 @@ METHODS: dict[str, type[Method]] = {
     "sop": SOP,
     "msf": MSF,
     "cmsf": CMSF,
+    "simsiam": SimSiam,
+    "mocov3": MoCoV3,
+    "barlow": BarlowTwins,
+    "vicreg": VICReg,
 }
 
 

@@ -1,0 +1,61 @@
+"""MoCo v3 (Chen, Xie & He, ICCV'21) for ResNets: an online encoder + projector + predictor gives queries q, a
+momentum encoder + projector gives keys k, and L = ctr(q1, k2) + ctr(q2, k1) with ctr the InfoNCE over the keys of
+the global batch (gathered from every rank, no gradient) at temperature tau, scaled by 2 tau.
+
+Heads as in the official ResNet code and solo-learn: projector Linear-BN-ReLU-Linear-BN (affine-free output BN,
+SimCLR's design), predictor Linear-BN-ReLU-Linear; both at the shared widths cfg.proj_hidden / cfg.proj_out (the
+paper and solo-learn's cifar/mocov3.yaml: 4096 / 256, predictor hidden 4096); cfg.predictor is ignored, MoCo v3
+always has one. The momentum networks follow the trainer's cosine schedule from cfg.momentum_base to 1, as BYOL's
+target does (solo-learn's CIFAR config starts at 0.99: `--momentum-base 0.99`); like ReSA's teacher they use batch
+statistics. The evaluated network is the online (base) encoder, the one the paper's linear probe loads.
+
+Deviations from the published CIFAR recipe (solo-learn: LARS, lr 0.3, weight decay 1e-6 with none on BN and
+biases, asymmetric augmentation), shared by every rival here: the trainer's SGD (lr 0.3 x B/256, momentum 0.9,
+weight decay 1e-4 on every parameter, warm-up + cosine) and the project's strong augmentation for both views.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..distributed import gather_nograd, rank
+from ..losses import mocov3_loss
+from ..models import build_predictor, ema_update_, mlp, momentum_copy
+from .base import DataContext
+from .two_view import TwoViewMethod
+
+
+@dataclass
+class MoCoV3Params:
+    # solo-learn's cifar/mocov3.yaml (the paper's value for ViTs; its ResNet-50 ImageNet recipe uses 1.0).
+    temperature: float = 0.2
+
+
+class MoCoV3(TwoViewMethod):
+    name = "mocov3"
+    Params = MoCoV3Params
+
+    def __init__(self, cfg, params: MoCoV3Params, data: DataContext):
+        super().__init__(cfg, data)
+        self.params = params
+        self.projector = mlp([self.encoder.out_dim, cfg.proj_hidden, cfg.proj_out], last_bn=True)
+        self.predictor = build_predictor(cfg.proj_out, cfg.proj_hidden)
+        self.momentum_encoder = momentum_copy(self.encoder)
+        self.momentum_projector = momentum_copy(self.projector)
+
+    def momentum_update(self, m: float) -> None:
+        ema_update_(self.momentum_encoder, self.encoder, m)
+        ema_update_(self.momentum_projector, self.projector, m)
+
+    @torch.no_grad()
+    def keys(self, x: torch.Tensor) -> torch.Tensor:
+        """The global batch's momentum keys (rank order)."""
+        return gather_nograd(self.momentum_projector(self.momentum_encoder(x)))
+
+    def ssl_terms(self, views):
+        z1, z2 = self.project(views["view1"]), self.project(views["view2"])
+        loss = mocov3_loss(self.predictor(z1), self.predictor(z2), self.keys(views["view1"]),
+                           self.keys(views["view2"]), offset=z1.shape[0] * rank(),
+                           temperature=self.params.temperature)
+        return loss, z1, z2
