@@ -237,7 +237,9 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
-        return cls(**coerce_fields(cls, d, "config"))
+        # A run dir's config.json also records "resolved" (sizes, padding, views: what the config became for
+        # its data); it is information, not a setting.
+        return cls(**coerce_fields(cls, {k: v for k, v in d.items() if k != "resolved"}, "config"))
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True))

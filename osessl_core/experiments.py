@@ -70,6 +70,18 @@ def method_param_names(method: str) -> set[str]:
     return {f.name for f in fields(METHODS[method].Params)}
 
 
+# The figure notebooks' smoke runs (t-SNE/UMAP, k-means per method) check their pipeline on two methods; every
+# registered method's training, resume and evaluation are tested by tests/test_train.py's per-method CLI test.
+SMOKE_METHODS = ("resa", "osessl")
+
+
+def paper_methods(table_name: str) -> list[str]:
+    """The registered methods that the paper reports in `table_name`, in the paper's order."""
+    from .methods import METHODS
+    rows = [m for ds in PAPER[table_name].values() for m in ds]
+    return [m for m in dict.fromkeys(rows) if m in METHODS]
+
+
 def smoke_overrides(method: str | None = None) -> dict[str, Any]:
     """TrainConfig fields for a smoke run (plus `method_args` when `method` is given)."""
     out = dict(SMOKE_BUDGET)

@@ -34,3 +34,21 @@ def test_knn_monitor_and_tensorboard_leave_training_unchanged(tmp_path, cifar_ro
     fig = plot_metrics({"watched": a.run_dir, "plain": plain.run_dir})
     titles = {ax.get_title() for ax in fig.axes}
     assert {"loss", "align", "lr", "momentum", "knn_monitor_top1"} <= titles
+
+
+def test_foreign_image_folder_states_its_resolved_sizes_and_views(tmp_path, cifar_root, capsys):
+    """CIFAR defaults (zero_pad, crop scales) applied to other data are printed once and kept in config.json."""
+    import json
+    from pathlib import Path
+
+    from osessl_core.experiments import make_image_folder_from_cifar
+    folder = make_image_folder_from_cifar(tmp_path / "folder", Path(cifar_root) / "cifar10-jpg.tar.gz",
+                                          per_class_train=4, per_class_test=2, classes=["cat", "dog"])
+    trainer = Trainer(tiny(tmp_path, "resa", dataset="imagefolder", data_root=str(folder), subset=None,
+                           batch_size=4, max_steps=1))
+    trainer.close()
+    line = capsys.readouterr().err
+    assert "imagefolder: 8 train images at 32px, 2 classes; network input 34px (zero_pad" in line
+    assert "ViewAugment(kind='weak'" in line and "crop_scale=(0.2, 1.0)" in line
+    resolved = json.loads((trainer.run_dir / "config.json").read_text())["resolved"]
+    assert resolved["network_input"] == 34 and len(resolved["views"]) == 2

@@ -240,7 +240,13 @@ class Trainer:
             return
         if is_main_process():
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            cfg.save(self.run_dir / "config.json")
+            self._write_config()
+            if cfg.dataset not in ("cifar10", "cifar100"):  # CIFAR defaults applied to other data: say so once
+                r = self.resolved()
+                print(f"{cfg.dataset}: {r['train_images']} train images at {r['image_size']}px, "
+                      f"{r['num_classes']} classes; network input {r['network_input']}px"
+                      + (" (zero_pad: ReSA's CIFAR 32->34 pad; --no-zero-pad turns it off)" if cfg.zero_pad else "")
+                      + "; views: " + "; ".join(r["views"]), file=sys.stderr)
             atomic_write_json(self.run_dir / "provenance.json", provenance(self.device))
             extra = self.method.extra_state()
             if extra:  # e.g. a semi-supervised method's labelled indices
@@ -269,7 +275,18 @@ class Trainer:
                 f.write(json.dumps({"step": step, "time": time.strftime("%Y-%m-%d %H:%M:%S"),
                                     "changes": {k: {"old": saved.get(k), "new": now.get(k)} for k in fields
                                                 if saved.get(k) != now.get(k)}}) + "\n")
-            self.cfg.save(self.run_dir / "config.json")
+            self._write_config()
+
+    def resolved(self) -> dict[str, Any]:
+        """What the config became for this data: sizes, padding and the augmentation pipelines."""
+        ts = self.train_set
+        size = int(ts.images.shape[-1])
+        return {"image_size": size, "network_input": size + 2 if self.cfg.zero_pad else size,
+                "zero_pad": self.cfg.zero_pad, "num_classes": ts.num_classes, "train_images": len(ts),
+                "mean": list(ts.mean), "std": list(ts.std), "views": [repr(v) for v in view_augmentations(self.method)]}
+
+    def _write_config(self) -> None:
+        atomic_write_json(self.run_dir / "config.json", {**self.cfg.to_dict(), "resolved": self.resolved()})
 
     def _trim_metrics(self, step: int) -> None:
         """Drop metric lines logged after the checkpoint we resume from (they will be logged again), and a
