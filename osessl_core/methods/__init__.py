@@ -7,6 +7,9 @@ from .osessl import OSESSL
 from .byol import BYOL
 from .cmsf import CMSF, MSF
 from .dsa import DSA
+from .dino import DINO
+from .swav import SwAV
+from .wmse import WMSE
 from .resa import ReSA
 from .simclr import SimCLR
 from .sop import SOP
@@ -28,6 +31,9 @@ METHODS: dict[str, type[Method]] = {
     "mocov3": MoCoV3,
     "barlow": BarlowTwins,
     "vicreg": VICReg,
+    "swav": SwAV,
+    "dino": DINO,
+    "wmse": WMSE,
 }
 
 
