@@ -60,13 +60,36 @@ def test_save_load_round_trip(tmp_path):
     classes = ["a", "b", "c", "d", "e"]
     idx = select_exemplars(LABELS, shots=2, seed=4)
     path = tmp_path / "runs" / "exemplars.json"
-    save_exemplars(path, idx, LABELS, classes, seed=4, shots=2)
+    save_exemplars(path, idx, LABELS, classes, seed=4, shots=2, dataset="cifar10", subset=100)
     loaded = load_exemplars(path)
     assert loaded.dtype == torch.int64 and torch.equal(loaded, idx)
-    record = json.loads(path.read_text())
-    assert record["seed"] == 4 and record["shots"] == 2 and record["labels"] == LABELS[idx].tolist()
-    assert record["class_names"] == ["a", "a", "b", "b", "c", "c", "d", "d", "e", "e"]
+    record = json.loads(path.read_text())  # the trainer's exemplars.json format
+    assert record == {"exemplar_indices": idx.tolist(), "shots": 2, "labels": LABELS[idx].tolist(),
+                      "classes": ["a", "a", "b", "b", "c", "c", "d", "d", "e", "e"], "seed": 4,
+                      "dataset": "cifar10", "subset": 100}
     assert [p.name for p in path.parent.iterdir()] == ["exemplars.json"]  # no temporary file left behind
+
+
+def test_load_reads_the_old_indices_key(tmp_path):
+    (tmp_path / "old.json").write_text(json.dumps({"seed": 0, "shots": 1, "indices": [3, 1, 2]}))
+    assert load_exemplars(tmp_path / "old.json").tolist() == [3, 1, 2]
+
+
+@pytest.mark.slow
+def test_load_reads_a_run_directory_and_save_writes_the_same_file(tmp_path, cifar_root):
+    from test_train import tiny
+
+    from osessl_core.engine import Trainer
+    from osessl_core.engine.trainer import load_train_data
+    cfg = tiny(tmp_path, "osessl", data_root=cifar_root, max_steps=1, method_args={"memory_size": 64})
+    result = Trainer(cfg).fit()
+    written = result.run_dir / "exemplars.json"
+    loaded = load_exemplars(written)
+    assert loaded.dtype == torch.int64 and loaded.tolist() == result.method.exemplar_indices.tolist()
+    train_set = load_train_data(cfg)
+    save_exemplars(tmp_path / "again.json", loaded, train_set.labels, train_set.classes, seed=cfg.seed, shots=1,
+                   dataset=cfg.dataset, subset=cfg.subset)
+    assert json.loads((tmp_path / "again.json").read_text()) == json.loads(written.read_text())
 
 
 def test_save_load_errors(tmp_path):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from ..files import atomic_write_bytes
+from ..files import atomic_write_json
 from .datasets import DatasetError
 
 
@@ -45,26 +45,31 @@ def select_exemplars(labels: torch.Tensor, num_classes: int | None = None, shots
     return torch.cat(picks)
 
 
-def save_exemplars(path: str | Path, indices, labels, classes: list[str], seed: int, shots: int) -> None:
-    """Write the chosen exemplars as JSON (atomically). `labels` are the whole dataset's labels, as given to
-    select_exemplars; the file records each exemplar's index, label and class name, plus seed and shots."""
+def save_exemplars(path: str | Path, indices, labels, classes: list[str], seed: int, shots: int,
+                   dataset: str | None = None, subset: int | None = None) -> None:
+    """Write the chosen exemplars as JSON (atomically), in the format of a run directory's exemplars.json.
+
+    `labels` are the whole dataset's labels, as given to select_exemplars, and `classes` its class names. The file
+    holds the trainer's keys: exemplar_indices, shots, labels and classes (each exemplar's label and class name),
+    seed, dataset and subset."""
     indices = torch.as_tensor(indices).long().flatten()
     labels = torch.as_tensor(labels).long().flatten()
     if len(indices) and int(indices.max()) >= len(labels):
         raise DatasetError(f"exemplar index {int(indices.max())} is out of range for {len(labels)} labels; "
                            "pass the full dataset labels")
     chosen = labels[indices].tolist()
-    record = {"seed": seed, "shots": shots, "indices": indices.tolist(), "labels": chosen,
-              "class_names": [classes[c] for c in chosen], "classes": list(classes)}
-    atomic_write_bytes(Path(path), lambda f: f.write(json.dumps(record, indent=1).encode()))
+    atomic_write_json(Path(path), {"exemplar_indices": indices.tolist(), "shots": shots, "labels": chosen,
+                                   "classes": [classes[c] for c in chosen], "seed": seed, "dataset": dataset,
+                                   "subset": subset})
 
 
 def load_exemplars(path: str | Path) -> torch.Tensor:
-    """The exemplar indices saved by save_exemplars, as a LongTensor in the saved order."""
+    """The exemplar indices of an exemplars.json (a run directory's, or save_exemplars'), as a LongTensor in the
+    saved order. Files written before the format was unified, with the key "indices", are read too."""
     try:
         record = json.loads(Path(path).read_text())
-        indices = record["indices"]
-        if not all(isinstance(i, int) and i >= 0 for i in indices):
+        indices = record["exemplar_indices"] if "exemplar_indices" in record else record["indices"]
+        if not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in indices):
             raise ValueError("indices must be non-negative ints")
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise DatasetError(f"cannot read exemplars from {path} ({type(e).__name__}: {e}); "
