@@ -462,6 +462,8 @@ def sweep(exp: Experiment, rows: list[dict], datasets: Iterable[str], table_name
     `common` are TrainConfig overrides for every row. The label is the paper's row name, so paper_* and diff_*
     columns are added where the paper reports that row. Datasets without data are skipped with a message (and
     listed in the second return value). `extra_cols` copies those row/method parameters into the result rows.
+    Each result row holds the TrainConfig it trained with ("config", its run_dir included): a notebook's
+    file-level config is built without a dataset, so only the rows say which data each run used.
     """
     out, skipped = [], []
     for ds in datasets:
@@ -479,7 +481,8 @@ def sweep(exp: Experiment, rows: list[dict], datasets: Iterable[str], table_name
                    **{k: ev[k] for k in MEASURED if k in ev},
                    **{c: param_value(cfg, c) for c in extra_cols},
                    "final_loss": ev["final_loss"], "steps": result.step, "epochs": cfg.epochs,
-                   "train_seconds": ev["wall_seconds"], "method_args": cfg.method_args}
+                   "train_seconds": ev["wall_seconds"], "method_args": cfg.method_args,
+                   "config": {**cfg.to_dict(), "run_dir": ev["run_dir"]}}  # what this row trained: its dataset
             out.append(with_paper(rec, table_name, ds, label))
             print(f"{ds:9s} {label:22s} " + "  ".join(f"{k} {rec[k]:6.2f}" for k in MEASURED if k in rec))
     return out, skipped

@@ -174,6 +174,31 @@ def test_experiment_run_trains_a_config_once(tmp_path, monkeypatch):
         exp.run(ex.replace(cfg, width=32), "c")
 
 
+def test_sweep_rows_record_the_config_of_their_own_dataset(tmp_path, monkeypatch):
+    """A CIFAR-100 row of the Table 1 sweep records the cifar100 config it trained with (the notebook's file-level
+    config, built without a dataset, says cifar10)."""
+    trained = []
+
+    def fake_run(cfg, label, require_complete=True):
+        trained.append(cfg)
+        return (TrainResult(run_dir=cfg.run_dir, method=None, step=4, metrics=[]),
+                {"knn_top1": 1.0, "linear_top1": 2.0, "final_loss": 1.0, "wall_seconds": 0.0,
+                 "run_dir": f"runs/{label}"})
+
+    monkeypatch.setattr(ex, "dataset_available", lambda name, root: (True, "src"))
+    exp = ex.start("t", True, str(tmp_path / "out"), trains=False)
+    monkeypatch.setattr(exp, "run", fake_run)
+    rows, skipped = ex.sweep(exp, [{"label": "resa", "method": "resa"}, {"label": "osessl", "method": "osessl"}],
+                             ["cifar10", "cifar100"], "table1", epochs=None, eval_linear=True)
+    assert not skipped and [(r["dataset"], r["method"]) for r in rows] == [
+        ("cifar10", "resa"), ("cifar10", "osessl"), ("cifar100", "resa"), ("cifar100", "osessl")]
+    assert [c.dataset for c in trained] == ["cifar10", "cifar10", "cifar100", "cifar100"]
+    for row, cfg in zip(rows, trained):
+        assert row["config"]["dataset"] == row["dataset"]
+        assert row["config"] == {**cfg.to_dict(), "run_dir": f"runs/{row['dataset']}-{row['method']}"}
+    assert rows[2]["paper_linear_top1"] == 72.21  # ReSA's CIFAR-100 number, not its CIFAR-10 one
+
+
 # ---------------------------------------------------------------------------------------------- with real data
 
 @pytest.fixture(scope="module")
