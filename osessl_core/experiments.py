@@ -194,12 +194,13 @@ def save_figure(fig, out_dir: str | Path, stem: str, dpi: int = 150) -> list[Pat
 
 
 def table(rows: list[dict], columns: list[str] | None = None, digits: int = 2):
-    """A pandas DataFrame of `rows` for display, numbers rounded."""
+    """A pandas DataFrame of `rows` for display, numbers rounded (also in columns that mix numbers and text, such
+    as "not implemented")."""
     import pandas as pd
     df = pd.DataFrame(rows)
     if columns is not None:
         df = df[[c for c in columns if c in df.columns]]
-    return df.round(digits)
+    return df.round(digits).map(lambda v: round(v, digits) if isinstance(v, float) else v)
 
 
 # ============================================================================================ the paper's numbers
@@ -214,6 +215,7 @@ def _two_datasets(rows: dict[str, tuple]) -> dict:
             "cifar100": {r: _acc(*v[2:]) for r, v in rows.items()}}
 
 
+# Keyed by registered method name (cwrgp and intl are not implemented: see not_implemented_rows).
 _TABLE1 = {  # method: (CIFAR-10 linear, kNN, CIFAR-100 linear, kNN, ImageNet-100 linear, kNN); ResNet-18
     "simclr": (90.74, 85.13, 65.78, 53.19, 77.64, 65.78),
     "byol": (92.58, 87.40, 70.46, 56.46, 80.32, 68.94),
@@ -222,7 +224,7 @@ _TABLE1 = {  # method: (CIFAR-10 linear, kNN, CIFAR-100 linear, kNN, ImageNet-10
     "mocov3": (93.10, 89.47, 68.83, 58.23, 80.36, 72.76),
     "wmse": (91.55, 89.69, 66.10, 56.69, 76.23, 67.72),
     "dino": (89.52, 86.13, 66.76, 56.24, 74.92, 64.30),
-    "barlowtwins": (92.10, 88.09, 70.90, 59.40, 80.16, 72.14),
+    "barlow": (92.10, 88.09, 70.90, 59.40, 80.16, 72.14),
     "vicreg": (92.07, 87.38, 68.54, 56.32, 79.40, 71.94),
     "cwrgp": (92.03, 89.67, 67.78, 58.24, 76.96, 68.46),
     "intl": (92.60, 90.03, 70.88, 61.90, 81.68, 73.46),
@@ -486,6 +488,23 @@ def sweep(exp: Experiment, rows: list[dict], datasets: Iterable[str], table_name
             out.append(with_paper(rec, table_name, ds, label))
             print(f"{ds:9s} {label:22s} " + "  ".join(f"{k} {rec[k]:6.2f}" for k in MEASURED if k in rec))
     return out, skipped
+
+
+NOT_IMPLEMENTED = "not implemented"
+
+
+def not_implemented_rows(table_name: str, results: list[dict], columns: Iterable[str] = MEASURED) -> list[dict]:
+    """Rows for the methods the paper reports in `table_name` that are not registered here (in Table 1, CW-RGP and
+    INTL, whose papers this project does not have): the paper's numbers as paper_* columns and each measured column
+    marked "not implemented", for every dataset that `results` (a sweep's rows) covers."""
+    from .methods import METHODS
+    out = []
+    for ds in dict.fromkeys(r["dataset"] for r in results):
+        for method, ref in PAPER[table_name].get(ds, {}).items():
+            if method not in METHODS:
+                out.append({"dataset": ds, "row": method, "method": method, **{c: NOT_IMPLEMENTED for c in columns},
+                            **{f"paper_{c}": v for c, v in ref.items()}})
+    return out
 
 
 def param_value(cfg: TrainConfig, name: str):

@@ -211,3 +211,22 @@ def test_loss_decreases_on_cifar(tmp_path, cifar_root, method):
     losses = [row["loss"] for row in result.metrics]
     assert len(losses) == 24 and all(math.isfinite(v) for v in losses)
     assert sum(losses[-6:]) / 6 < sum(losses[:6]) / 6, losses
+
+
+# ------------------------------------------------------------------------------------------------ Table 1 rows
+
+def test_table1_paper_rows_for_barlow_and_the_unimplemented_methods():
+    from osessl_core import experiments as ex
+    from osessl_core.methods import METHODS
+    assert ex.paper_row("table1", "cifar10", "barlow") == {"linear_top1": 92.10, "knn_top1": 88.09}
+    assert set(ex.PAPER["table1"]["cifar10"]) - set(METHODS) <= {"cwrgp", "intl"}   # every other row is built
+    measured = [{"dataset": "cifar10", "row": "resa", "method": "resa", "linear_top1": 50.0, "knn_top1": 40.0}]
+    rows = ex.not_implemented_rows("table1", measured)
+    assert [r["method"] for r in rows] == [m for m in ("cwrgp", "intl") if m not in METHODS]
+    for r in rows:
+        assert r["linear_top1"] == r["knn_top1"] == ex.NOT_IMPLEMENTED and r["dataset"] == "cifar10"
+        assert {k: r[f"paper_{k}"] for k in ("linear_top1", "knn_top1")} == ex.paper_row("table1", "cifar10",
+                                                                                       r["method"])
+    assert ex.not_implemented_rows("table1", []) == []   # no dataset ran (all skipped): no rows
+    shown = ex.table(measured + rows, ["method", "linear_top1", "paper_linear_top1"])
+    assert list(shown["linear_top1"]) == [50.0] + [ex.NOT_IMPLEMENTED] * len(rows)
