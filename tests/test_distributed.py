@@ -21,6 +21,9 @@ pytestmark = pytest.mark.slow
 GLOBAL_BATCH, STEPS = 16, 3
 METHOD_ARGS = {"osessl": {"memory_size": 40, "k": 4}, "sop": {"memory_size": 40, "anchors": 8, "k": 4},
                "msf": {"memory_size": 40}, "dsa": {"eta": 4}}
+METHOD_ARGS["swav"] = {"queue_size": 32, "queue_start_epoch": 0, "freeze_prototypes_epochs": 0}  # queue at step 2
+METHOD_ARGS["dino"] = {"freeze_last_layer": 0}  # the last layer's gradient too
+METHOD_ARGS["wmse"] = {"w_size": 8}  # two sub-batches of the global 16, each mixing both ranks' rows
 # Every registered method for 3 steps; CMSF for 6 (4 steps per epoch): self reads the previous-epoch pool in
 # epoch 2, semi retrains its pseudo-label head at steps 2 and 4 and constrains by the gathered labels.
 # CMSF-self's memory holds one global batch here: a larger one holds some images twice across the epoch boundary,

@@ -101,6 +101,7 @@ def test_cli_train_writes_a_complete_run_directory(tmp_path, cifar_root):
 
 CLI_METHOD_ARGS = {"osessl": ["memory_size=64"], "sop": ["memory_size=64"], "msf": ["memory_size=64"],
                    "cmsf": ["memory_size=64", "constraint=semi"], "dsa": ["eta=10"]}
+CLI_METHOD_ARGS["swav"] = ["queue_size=64", "queue_start_epoch=0"]  # the queue comes in at the resumed step 2
 
 
 @pytest.mark.parametrize("method", sorted(METHODS))
