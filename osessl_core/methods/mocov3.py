@@ -28,8 +28,7 @@ from .two_view import TwoViewMethod
 
 @dataclass
 class MoCoV3Params:
-    # solo-learn's cifar/mocov3.yaml (the paper's value for ViTs; its ResNet-50 ImageNet recipe uses 1.0).
-    temperature: float = 0.2
+    temperature: float = 0.2   # solo-learn's cifar/mocov3.yaml (the official ResNet-50 ImageNet recipe: 1.0)
 
 
 class MoCoV3(TwoViewMethod):

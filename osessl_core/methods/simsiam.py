@@ -25,8 +25,7 @@ from .two_view import TwoViewMethod
 
 @dataclass
 class SimSiamParams:
-    # Predictor hidden width; None = proj_out // 4, the paper's bottleneck ratio (CIFAR appendix: 2048 -> 512).
-    pred_hidden: int | None = None
+    pred_hidden: int | None = None   # predictor hidden width; None = proj_out // 4, the paper's 2048 -> 512 ratio
 
 
 class SimSiam(TwoViewMethod):

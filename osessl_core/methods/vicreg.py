@@ -34,10 +34,9 @@ from .two_view import TwoViewMethod
 
 @dataclass
 class VICRegParams:
-    # The paper's lambda, mu, nu (section 4.1), also solo-learn's cifar/vicreg.yaml.
-    sim_weight: float = 25.0
-    var_weight: float = 25.0
-    cov_weight: float = 1.0
+    sim_weight: float = 25.0   # lambda, invariance (the paper's section 4.1 and solo-learn's cifar/vicreg.yaml)
+    var_weight: float = 25.0   # mu, variance (the same sources)
+    cov_weight: float = 1.0    # nu, covariance (the same sources)
     scale_loss: float = 0.04   # 1/25: the unscaled loss diverges under the shared SGD (docstring); 1 = the paper's
 
 
