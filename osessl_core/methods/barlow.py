@@ -18,8 +18,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
 from ..distributed import gather_with_grad, world_size
 from ..losses import barlow_twins_loss
 from ..models import mlp
