@@ -10,6 +10,21 @@
 All take normalised views (B x 3 x H x W, as the networks see them) and return L2-normalised features. Their mode
 is fixed whatever `.train()` says, they have no trainable parameters, and whatever state they have is fixed at
 construction (so a resumed run computes the same features).
+
+HOG and scikit-image (tests/test_hog.py): `hog(x, interpolate=False)` is `skimage.feature.hog(image,
+orientations=9, pixels_per_cell=(4, 4), cells_per_block=(2, 2), block_norm="L2-Hys", channel_axis=-1)` on the
+H x W x 3 image, to float32 rounding (1e-6): skimage sums each cell's votes in a C float, this code in the
+input's dtype; with skimage's float32 summation reproduced, the two agree to 1e-12. Everything else is the same:
+gradients [-1, 0, 1] that are 0 on the border rows (columns) for the derivative along the rows (columns), the
+channel of largest magnitude, orientation bins [i pi/9, (i + 1) pi/9), a cell's mean vote, L2-Hys with eps 1e-5
+and clip 0.2, the output order. The default, interpolate=True, differs in one respect: a pixel's vote is split
+linearly between the two nearest bin centres (Dalal & Triggs' orientation interpolation), where skimage gives it
+whole to the bin that contains it. That moves votes between neighbouring bins only: each cell's total is the same,
+and where every orientation lies on a bin centre (an image that varies along its rows only: every gradient at
+pi/2, the centre of bin 4) the two are equal. Neither has D&T's spatial interpolation between cells or their
+Gaussian block window. Before the comparison, the gradient here was a 3 x 3 Sobel with replicated borders; it is now
+skimage's and D&T's [-1, 0, 1] (which they found best). Measured on CPU at step 0 (CIFAR-10, batch 256), that moved
+L_con from 0.152 to 0.149 and L_AM^s from 10.38 to 10.36.
 """
 from __future__ import annotations
 
@@ -23,34 +38,50 @@ from torch import nn
 from .resnet import build_encoder
 
 
-def hog(images: torch.Tensor, cell: int = 4, bins: int = 9, block: int = 2, clip: float = 0.2,
-        eps: float = 1e-5) -> torch.Tensor:
-    """Dense HOG of float images in [0, 1] (B x 3 x H x W): Sobel gradients (per pixel, the colour channel of
-    largest magnitude), unsigned orientation in `bins` bins (linear interpolation between neighbouring bins),
-    magnitude-weighted histograms over cell x cell pixels, overlapping block x block cell blocks (stride one cell)
-    each L2-Hys normalised, flattened. 32 x 32 input: 7 x 7 blocks x 36 = 1764 values."""
-    b, c, height, width = images.shape
-    sobel = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], dtype=images.dtype,
-                         device=images.device)
-    kernels = torch.stack([sobel, sobel.T]).unsqueeze(1).repeat(c, 1, 1, 1)            # (2c, 1, 3, 3): gx, gy
-    grad = F.conv2d(F.pad(images, (1, 1, 1, 1), mode="replicate"), kernels, groups=c).view(b, c, 2, height, width)
-    mag2 = (grad ** 2).sum(2)                                                           # (b, c, H, W)
-    strongest = mag2.argmax(1, keepdim=True)
-    gx, gy = (grad[:, :, k].gather(1, strongest).squeeze(1) for k in range(2))
+def hog_cells(images: torch.Tensor, cell: int = 4, bins: int = 9, interpolate: bool = True) -> torch.Tensor:
+    """HOG's cell histograms of float images (B x C x H x W): B x bins x H/cell x W/cell.
+
+    Gradients are central differences [-1, 0, 1] along each axis, 0 on the first and last row (column) for the
+    derivative along the rows (columns); each pixel keeps the channel of largest gradient magnitude. The unsigned
+    orientation atan2(gy, gx) mod pi votes with its magnitude into `bins` bins of width pi/bins: split linearly
+    between the two nearest bin centres (`interpolate`, Dalal & Triggs), or whole into the bin that contains it
+    (scikit-image). A cell's histogram is its pixels' mean vote."""
+    gx = F.pad(images[..., :, 2:] - images[..., :, :-2], (1, 1))          # d/d column; 0 on the first/last column
+    gy = F.pad(images[..., 2:, :] - images[..., :-2, :], (0, 0, 1, 1))    # d/d row; 0 on the first/last row
+    strongest = (gx ** 2 + gy ** 2).argmax(1, keepdim=True)
+    gx, gy = gx.gather(1, strongest).squeeze(1), gy.gather(1, strongest).squeeze(1)
     magnitude = torch.sqrt(gx ** 2 + gy ** 2)
-    pos = torch.remainder(torch.atan2(gy, gx), math.pi) / math.pi * bins - 0.5          # bin centres at 0.5, 1.5..
-    lower = torch.floor(pos)
-    upper_w = pos - lower
-    lower = lower.long() % bins
-    votes = (F.one_hot(lower, bins) * (1 - upper_w)[..., None]
-             + F.one_hot((lower + 1) % bins, bins) * upper_w[..., None]) * magnitude[..., None]
-    cells = F.avg_pool2d(votes.permute(0, 3, 1, 2), cell)                               # (b, bins, H/cell, W/cell)
+    pos = torch.remainder(torch.atan2(gy, gx), math.pi) / math.pi * bins  # in [0, bins): bin i is [i, i + 1)
+    if interpolate:
+        pos = pos - 0.5                                                  # bin centres at 0.5, 1.5, ...
+        lower = torch.floor(pos)
+        upper_w = pos - lower
+        lower = lower.long() % bins
+        votes = (F.one_hot(lower, bins) * (1 - upper_w)[..., None]
+                 + F.one_hot((lower + 1) % bins, bins) * upper_w[..., None]) * magnitude[..., None]
+    else:
+        votes = F.one_hot(torch.floor(pos).long() % bins, bins) * magnitude[..., None]
+    return F.avg_pool2d(votes.to(images.dtype).permute(0, 3, 1, 2), cell)
+
+
+def hog_blocks(cells: torch.Tensor, block: int = 2, clip: float = 0.2, eps: float = 1e-5) -> torch.Tensor:
+    """Overlapping block x block blocks of cell histograms (B x bins x ny x nx; stride one cell), each L2-Hys
+    normalised (v / sqrt(|v|^2 + eps^2), clipped at `clip`, the same again), flattened in skimage's order: block
+    row, block column, then the block's cells row-major, each cell's bins."""
     ny, nx = cells.shape[-2] - block + 1, cells.shape[-1] - block + 1
-    blocks = torch.cat([cells[:, :, i:i + ny, j:j + nx] for i in range(block) for j in range(block)], 1)
-    blocks = blocks / torch.sqrt((blocks ** 2).sum(1, keepdim=True) + eps ** 2)          # L2-Hys
+    blocks = torch.stack([cells[:, :, i:i + ny, j:j + nx] for i in range(block) for j in range(block)], 1)
+    blocks = blocks.permute(0, 3, 4, 1, 2).flatten(3)                   # (b, ny, nx, block cells x bins)
+    blocks = blocks / torch.sqrt((blocks ** 2).sum(-1, keepdim=True) + eps ** 2)
     blocks = blocks.clamp(max=clip)
-    blocks = blocks / torch.sqrt((blocks ** 2).sum(1, keepdim=True) + eps ** 2)
+    blocks = blocks / torch.sqrt((blocks ** 2).sum(-1, keepdim=True) + eps ** 2)
     return blocks.flatten(1)
+
+
+def hog(images: torch.Tensor, cell: int = 4, bins: int = 9, block: int = 2, clip: float = 0.2,
+        eps: float = 1e-5, interpolate: bool = True) -> torch.Tensor:
+    """Dense HOG of float images in [0, 1] (B x 3 x H x W): hog_blocks(hog_cells(...)). 32 x 32 input: 7 x 7
+    blocks x 36 = 1764 values. See the module docstring for how it relates to skimage.feature.hog."""
+    return hog_blocks(hog_cells(images, cell, bins, interpolate), block, clip, eps)
 
 
 def colour_histogram(images: torch.Tensor, bins: int = 4) -> torch.Tensor:
