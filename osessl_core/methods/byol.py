@@ -10,12 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
 from ..losses import byol_loss
-from ..models import build_predictor, ema_update_, momentum_copy
+from ..models import build_predictor
 from .base import DataContext
-from .two_view import TwoViewMethod
+from .two_view import MomentumTwoViewMethod
 
 
 @dataclass
@@ -23,7 +21,7 @@ class BYOLParams:
     """BYOL's only hyperparameter, the target momentum, is the trainer's schedule (cfg.momentum_base)."""
 
 
-class BYOL(TwoViewMethod):
+class BYOL(MomentumTwoViewMethod):
     name = "byol"
     Params = BYOLParams
 
@@ -31,16 +29,7 @@ class BYOL(TwoViewMethod):
         super().__init__(cfg, data)
         self.params = params
         self.predictor = build_predictor(cfg.proj_out, cfg.proj_hidden)
-        self.momentum_encoder = momentum_copy(self.encoder)
-        self.momentum_projector = momentum_copy(self.projector)
-
-    def momentum_update(self, m: float) -> None:
-        ema_update_(self.momentum_encoder, self.encoder, m)
-        ema_update_(self.momentum_projector, self.projector, m)
-
-    @torch.no_grad()
-    def target(self, x: torch.Tensor) -> torch.Tensor:
-        return self.momentum_projector(self.momentum_encoder(x))
+        self.add_target()
 
     def ssl_terms(self, views):
         z1, z2 = self.project(views["view1"]), self.project(views["view2"])

@@ -21,9 +21,9 @@ import torch
 
 from ..distributed import gather_nograd, rank
 from ..losses import mocov3_loss
-from ..models import build_predictor, ema_update_, mlp, momentum_copy
+from ..models import build_predictor, mlp
 from .base import DataContext
-from .two_view import TwoViewMethod
+from .two_view import MomentumTwoViewMethod
 
 
 @dataclass
@@ -31,7 +31,7 @@ class MoCoV3Params:
     temperature: float = 0.2   # solo-learn's cifar/mocov3.yaml (the official ResNet-50 ImageNet recipe: 1.0)
 
 
-class MoCoV3(TwoViewMethod):
+class MoCoV3(MomentumTwoViewMethod):
     name = "mocov3"
     Params = MoCoV3Params
 
@@ -40,17 +40,11 @@ class MoCoV3(TwoViewMethod):
         self.params = params
         self.projector = mlp([self.encoder.out_dim, cfg.proj_hidden, cfg.proj_out], last_bn=True)
         self.predictor = build_predictor(cfg.proj_out, cfg.proj_hidden)
-        self.momentum_encoder = momentum_copy(self.encoder)
-        self.momentum_projector = momentum_copy(self.projector)
+        self.add_target()
 
-    def momentum_update(self, m: float) -> None:
-        ema_update_(self.momentum_encoder, self.encoder, m)
-        ema_update_(self.momentum_projector, self.projector, m)
-
-    @torch.no_grad()
     def keys(self, x: torch.Tensor) -> torch.Tensor:
         """The global batch's momentum keys (rank order)."""
-        return gather_nograd(self.momentum_projector(self.momentum_encoder(x)))
+        return gather_nograd(self.target(x))
 
     def ssl_terms(self, views):
         z1, z2 = self.project(views["view1"]), self.project(views["view2"])

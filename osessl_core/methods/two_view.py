@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from ..data.augment import strong_view
-from ..models import build_encoder, mlp
+from ..models import build_encoder, ema_update_, mlp, momentum_copy
 from .base import DataContext, Method, StepRandom, global_rows
 
 
@@ -43,3 +43,21 @@ class TwoViewMethod(Method):
 
     def eval_projector(self) -> nn.Sequential:
         return self.projector
+
+
+class MomentumTwoViewMethod(TwoViewMethod):
+    """A TwoViewMethod with an EMA target of its encoder and projector (BYOL, MoCo v3), following the trainer's
+    momentum schedule. Subclasses call `add_target()` once their projector is final."""
+
+    def add_target(self) -> None:
+        self.momentum_encoder = momentum_copy(self.encoder)
+        self.momentum_projector = momentum_copy(self.projector)
+
+    def momentum_update(self, m: float) -> None:
+        ema_update_(self.momentum_encoder, self.encoder, m)
+        ema_update_(self.momentum_projector, self.projector, m)
+
+    @torch.no_grad()
+    def target(self, x: torch.Tensor) -> torch.Tensor:
+        """Unnormalised target projection g'(e'(x)); like ReSA's teacher it uses batch statistics."""
+        return self.momentum_projector(self.momentum_encoder(x))
