@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..distributed import gather_with_grad, rank, world_size
+from ..distributed import rank
 from ..losses import nt_xent
 from .base import DataContext
 from .two_view import TwoViewMethod
@@ -30,8 +30,7 @@ class SimCLR(TwoViewMethod):
     def ssl_terms(self, views):
         z1, z2 = self.project(views["view1"]), self.project(views["view2"])
         n = z1.shape[0]
-        sizes = [n] * world_size()  # equal shards: no size exchange
         # The other ranks' views are negatives too (2N-2 per anchor); their gradients flow back to their ranks.
-        loss = nt_xent(z1, z2, gather_with_grad(z1, sizes), gather_with_grad(z2, sizes), offset=n * rank(),
+        loss = nt_xent(z1, z2, *self.gather_views(z1, z2), offset=n * rank(),
                        temperature=self.params.temperature)
         return loss, z1, z2

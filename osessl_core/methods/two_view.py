@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from ..data.augment import strong_view
+from ..distributed import gather_with_grad, world_size
 from ..models import build_encoder, ema_update_, mlp, momentum_copy
 from .base import DataContext, Method, StepRandom, global_rows
 
@@ -29,6 +30,12 @@ class TwoViewMethod(Method):
     def project(self, x: torch.Tensor) -> torch.Tensor:
         """g(e(x)), unnormalised; each view is its own forward, so BN sees one view's batch (as in ReSA)."""
         return self.projector(self.encoder(x))
+
+    @staticmethod
+    def gather_views(*parts: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Each tensor gathered over the ranks (rank order) with gradients flowing back to their rank; the shards
+        are equal, so no size exchange (and no host sync) is needed."""
+        return tuple(gather_with_grad(t, [t.shape[0]] * world_size()) for t in parts)
 
     def ssl_terms(self, views: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(L_ssl, z1, z2): the method's loss and the projector outputs of the two views, on which DSA acts."""

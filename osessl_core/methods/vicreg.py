@@ -25,7 +25,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..distributed import gather_with_grad, world_size
 from ..losses import vicreg_terms
 from ..models import mlp
 from .base import DataContext
@@ -51,8 +50,7 @@ class VICReg(TwoViewMethod):
 
     def terms(self, views):
         z1, z2 = self.project(views["view1"]), self.project(views["view2"])
-        sizes = [z1.shape[0]] * world_size()  # equal shards: no size exchange
-        t = vicreg_terms(z1, z2, gather_with_grad(z1, sizes), gather_with_grad(z2, sizes))
+        t = vicreg_terms(z1, z2, *self.gather_views(z1, z2))
         p = self.params
         loss = p.sim_weight * t["inv"] + p.var_weight * t["var"] + p.cov_weight * t["cov"]
         return p.scale_loss * loss, t, z1, z2

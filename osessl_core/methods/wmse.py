@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..distributed import gather_with_grad, world_size
+from ..distributed import world_size
 from ..losses import wmse_loss
 from ..losses.common import upcast
 from .base import DataContext, StepRandom
@@ -81,7 +81,6 @@ class WMSE(TwoViewMethod):
 
     def loss_terms(self, views):
         z1, z2 = upcast(self.project(views["view1"])), upcast(self.project(views["view2"]))
-        sizes = [z1.shape[0]] * world_size()  # equal shards: no size exchange
-        loss = wmse_loss(gather_with_grad(z1, sizes), gather_with_grad(z2, sizes), views["perms"], self.w_size,
+        loss = wmse_loss(*self.gather_views(z1, z2), views["perms"], self.w_size,
                          self.params.eps)
         return {"loss": loss, "wmse": loss.detach()}, {}
