@@ -1,5 +1,5 @@
-"""DSA: every term against a literal float64 loop of the paper's/spec's equation, gradient checks, the HOG prior,
-the frozen priors, and training/resume on real CIFAR-10 (CPU)."""
+"""DSA: every term against a literal float64 loop of the paper's equation as resolved in docs/decisions.md#dsa,
+gradient checks, the HOG prior, the frozen priors, and training/resume on real CIFAR-10 (CPU)."""
 import math
 
 import pytest
@@ -106,7 +106,7 @@ def test_connection_score_matches_the_code_triple_loop(eta, mu):
 
 # ---- L_AM^s ------------------------------------------------------------------------------------------------------
 def naive_arranging_loss(z, m, sc, alpha, tau):
-    """eq. 19 with plain exp/log and j != i (spec 3.4-6):
+    """eq. 19 with plain exp/log and j != i (docs/decisions.md#d-dsa-6):
     log(1 + sum_i sc_i sum_{j != i} exp((2 M_ij - alpha) |z_i - z_j|^2 / tau))."""
     total = 0.0
     for i in range(len(z)):

@@ -1,5 +1,5 @@
-"""SOP: every loss piece against a literal float64 loop transcription of spec §1.3-1.4, the BEiT masks against
-iBOT's loop, the ViT, the memories (FIFO, resume) and short real-CIFAR runs."""
+"""SOP: every loss piece against a literal float64 loop transcription (as resolved in docs/decisions.md#sop),
+the BEiT masks against iBOT's loop, the ViT, the memories (FIFO, resume) and short real-CIFAR runs."""
 import math
 
 import pytest
@@ -30,7 +30,7 @@ def dot(a, b):
     return sum(x * y for x, y in zip(a, b))
 
 
-# ---- literal transcriptions (spec §1.3 steps 1-6, §1.4) ------------------------------------------------------
+# ---- literal transcriptions (docs/decisions.md#d-sop-1 to #d-sop-4) -------------------------------------------
 def literal_sops(memory, perm, K, k, eps):
     """Members (anchor-major: k nearest pool rows by cosine, then the anchor) and Y as nested lists."""
     mem, perm = memory.tolist(), perm.tolist()
@@ -351,7 +351,8 @@ def tiny(tmp_path, name, **kw):
 def test_resnet_cls_only_loss_decreases(tmp_path, cifar_root):
     # With the default BN-free head, a width-8 ResNet's embeddings start nearly collinear (pairwise cosine ~0.85:
     # pooled ReLU features share a large mean), the memory fills with them and the SOP targets stay near uniform
-    # (loss ~ log K) for far longer than 40 CPU steps; the head's BN option (spec §1.7) spreads them from step 0.
+    # (loss ~ log K) for far longer than 40 CPU steps; the head's BN (docs/decisions.md#d-sop-6) spreads them from
+    # step 0.
     cfg = tiny(tmp_path, "r18", data_root=cifar_root, epochs=10, base_lr=0.05,
                method_args={"memory_size": 128, "anchors": 32, "k": 4})  # the default head (with BN)
     losses = [row["loss"] for row in train(cfg).metrics]

@@ -1,4 +1,4 @@
-"""MSF / CMSF (Navaneet et al., ECCV'22): neighbour selection and the mean-shift loss (spec section 2).
+"""MSF / CMSF (Navaneet et al., ECCV'22): neighbour selection and the mean-shift loss (docs/decisions.md#cmsf).
 
 Distances are d(a, b) = 2 - 2 a^T b on L2-normalised embeddings. Neighbours are chosen on target embeddings
 (a discrete choice, no gradient); only the query q carries gradient into the loss. Every function takes the

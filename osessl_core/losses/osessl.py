@@ -1,4 +1,4 @@
-"""OSESSL's exemplar-guided terms, eqs. 2-13 of the paper (resolutions from specs/resa-osessl.md section 2.4).
+"""OSESSL's exemplar-guided terms, eqs. 2-13 of the paper (resolutions: docs/decisions.md#osessl).
 
 All functions take embeddings as given (the method passes L2-normalised projector outputs) and compute outside
 autocast, in fp32 (or the inputs' fp64).
@@ -36,7 +36,7 @@ def exemplar_prototypes(z_l: torch.Tensor, memory: torch.Tensor, k: int = 8, alp
     Returns (prototypes [C, d], weights [C, k+1] with column 0 the exemplar, neighbours [C, k] memory indices).
     `valid` masks unfilled memory slots: they are never preferred and get weight 0, so with fewer than k filled
     slots the prototype falls back on the exemplar (exactly z_l when the bank is empty). Gradients flow through
-    z_l in both the components and the weights (spec 2.4 resolution); memory rows are constants.
+    z_l in both the components and the weights (docs/decisions.md#d-osessl-5); memory rows are constants.
     """
     z_l = z_l
     memory = memory.detach()

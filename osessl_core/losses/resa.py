@@ -1,4 +1,4 @@
-"""ReSA's L_cluster (spec section 1.3; OSESSL eq. 1)."""
+"""ReSA's L_cluster (OSESSL eq. 1; docs/decisions.md#d-resa-1)."""
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,4 @@
-"""SOP's non-parametric losses (Silva et al., ICML'25), eqs. 2 and 4, resolved as in specs/sop-cmsf-dsa.md §1.3-1.4.
+"""SOP's non-parametric losses (Silva et al., ICML'25), eqs. 2 and 4, resolved as in docs/decisions.md#sop.
 
 A task draws anchors from a memory of teacher embeddings, gives each anchor its k nearest neighbours (support
 embeddings, SEs) from the rest of the memory, and scores a view against the K resulting SOPs:
@@ -15,7 +15,7 @@ from .common import full_precision
 @torch.no_grad()
 @full_precision
 def build_sops(memory: torch.Tensor, perm: torch.Tensor, num_anchors: int, k: int, smoothing: float = 0.1):
-    """One task's SOPs (spec §1.3 steps 1-5).
+    """One task's SOPs (docs/decisions.md#d-sop-1, #d-sop-2).
 
     memory: N x d unit rows; perm: a permutation of 0..N-1 whose first `num_anchors` (K) entries are the anchors
     and the rest the search pool (so an anchor is never an SE, of itself or of another anchor). Each SOP has k+1

@@ -1,6 +1,6 @@
 """MSF (Koohpayegani et al., ICCV'21) and CMSF (Navaneet et al., ECCV'22): pull the online query towards the
-(constrained) nearest neighbours of the target embedding in a memory of target embeddings. Spec:
-specs/sop-cmsf-dsa.md section 2; registry names "msf" (no constraint) and "cmsf" (`constraint` self | sup | semi).
+(constrained) nearest neighbours of the target embedding in a memory of target embeddings. Decisions:
+docs/decisions.md#cmsf; registry names "msf" (no constraint) and "cmsf" (`constraint` self | sup | semi).
 
 Per step: q = normalize(pred(proj(enc(x_strong)))), u = normalize(proj_t(enc_t(x_weak))) (target, EMA with a
 constant m = 0.99, updated before its forward); u is enqueued in M, then S_i = the k nearest neighbours of u_i in
@@ -8,12 +8,13 @@ the constraint set C_i of M, and L = mean_i (1/k) sum_{m in S_i} (2 - 2 q_i^T m)
   none (MSF): C_i = M.   self: 0.5 L(C_i = k' NNs of the previous-epoch embedding w_i in M') + 0.5 L(M).
   sup: C_i = same label.  semi: same (pseudo-)label if confident, else C_i = M.
 
-Resolutions (spec 2.6 unless noted):
+Resolutions (docs/decisions.md#cmsf):
 * Optimiser: the trainer's SGD and schedule, shared by all methods for the same budget (the paper: SGD 0.05,
   cosine without warm-up, wd 1e-4). Only the constant EMA momentum is the method's own (`momentum`).
 * Networks: projector and predictor are the code's get_mlp, Linear-BN-ReLU-Linear, with the widths every method
-  shares, cfg.proj_hidden / cfg.proj_out (default 2048 / 512, as BYOL's head; spec 2.7's CIFAR sizes are
-  `--proj-hidden 1024 --proj-out 128`); the predictor always exists (cfg.predictor is not used).
+  shares, cfg.proj_hidden / cfg.proj_out (default 2048 / 512, as BYOL's head; the code's CIFAR sizes are
+  `--proj-hidden 1024 --proj-out 128`, docs/decisions.md#d-cmsf-6); the predictor always exists (cfg.predictor is
+  not used).
 * Views: the project's weak view for the target; its strong view, without blur and solarisation, for the query.
   The shared colour jitter has saturation 0.2 where the code uses 0.4.
 * M starts empty, with a validity mask, instead of random unit vectors: random entries are not data, and their
@@ -25,7 +26,7 @@ Resolutions (spec 2.6 unless noted):
 * self: the two-slot pool keeps a per-image write count instead of the code's slot bit (bit = count % 2); the
   count also says whether an image has a previous embedding (count >= 2). Default `epoch1="msf"`: rows without
   one use the unconstrained neighbours and entries without one never enter C_i. In epoch 1 that is every row, so
-  the loss is exactly MSF (the spec's default); it also covers images first seen later (drop_last). `"random"`
+  the loss is exactly MSF (docs/decisions.md#d-cmsf-4); it also covers images first seen later (drop_last). `"random"`
   reproduces the code: the randn-initialised pool takes part, so C_i = {u_i} + (k'-1) random entries in epoch 1.
   An image held twice in M (across an epoch boundary) gives two entries with the same M' embedding, an exact tie
   in C_i as in the code; rounding breaks it, so N ranks may pick the other, equally near entry than 1 rank does.
@@ -65,7 +66,7 @@ CONSTRAINTS = ("none", "self", "sup", "semi")
 @dataclass
 class MSFParams:
     k: int = 5                  # neighbours, the target itself included (k = 1 is asymmetric BYOL)
-    memory_size: int = 8192     # spec 2.7 (ImageNet: 128000); at most the training-set size
+    memory_size: int = 8192     # CIFAR (ImageNet: 128000); at most the training-set size (docs/decisions.md#d-cmsf-2)
     momentum: float = 0.99      # constant target EMA; the trainer's cosine schedule is not used
     solarize_prob: float = 0.0  # the code's strong view has no solarisation
 
@@ -165,8 +166,8 @@ class CMSF(Method):
         n, batch, dim = len(data.train_labels), cfg.batch_size * world_size(), cfg.proj_out
         if not batch <= p.memory_size <= n:
             raise ValueError(f"memory_size={p.memory_size} must lie between the global batch ({batch}, enqueued "
-                             f"whole) and the training-set size ({n}): a larger M holds images several times "
-                             "(spec 2.3)")
+                             f"whole) and the training-set size ({n}): a larger M holds images several times, "
+                             "which breaks the previous-epoch bookkeeping (docs/decisions.md#d-cmsf-2)")
         if not 1 <= self.k <= batch:
             raise ValueError(f"k={self.k} must lie between 1 and the global batch ({batch}): at the first step M "
                              "holds only the batch")
@@ -290,8 +291,8 @@ class CMSF(Method):
         return bank, out, {"u": u_all, "y": y_all, "ids": ids_all}
 
     def self_constrained(self, dist, ids, ids_all, index, valid, msf):
-        """S_i = top-k of d(u_i, M) - 5 on C_i, C_i = the k' NNs of w_i in M' (spec 2.3), both read from the pool
-        as it will be after this step's write."""
+        """S_i = top-k of d(u_i, M) - 5 on C_i, C_i = the k' NNs of w_i in M' (docs/decisions.md#d-cmsf-3), both
+        read from the pool as it will be after this step's write."""
         writes = self.cache.writes.index_add(0, ids_all, torch.ones_like(ids_all))
         mem_ids = index.clamp(min=0)  # empty slots (-1) are excluded by `valid`
         w = self.cache.before_latest(ids, writes)            # previous embedding of each query image
@@ -304,7 +305,7 @@ class CMSF(Method):
 
     def retrain_head(self, step: int) -> None:
         """One round of pseudo-label head training on the latest target embedding of each labelled image seen so
-        far (spec 2.5). Syncs with the host (twice per epoch)."""
+        far (docs/decisions.md#d-cmsf-5). Syncs with the host (twice per epoch)."""
         p = self.params
         seen = self.labelled[self.cache.writes[self.labelled] > 0]
         if len(seen) < 2:  # BN needs two samples

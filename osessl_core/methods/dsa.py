@@ -1,33 +1,35 @@
-"""DSA, the Dynamic Semantic Adjuster (Song, Qiang et al.), on top of SimCLR or BYOL (spec section 3.4).
+"""DSA, the Dynamic Semantic Adjuster (Song, Qiang et al.), on top of SimCLR or BYOL.
 
 L = L_ssl + nu L_AM^s + upsilon L_con over the 2N views of the global batch, with z = normalize(g(e(x))) (for BYOL
 the projection before the predictor), the regulator M = f_s(z) row-normalised, the prior M^pro from a frozen f_aux
 on the same augmented views, and the connection score sc from the eta-NN graph of those f_aux features.
 
-Resolutions (spec 3.7): f_s on the concatenation [z_i; z_j] with a softplus output; one 2N x 2N matrix (not the
-code's four blocks); M^pro = softmax(-||zbar_i - zbar_j||^2 / tau), row-normalised; squared distances on unit z;
-sc outside the exponent, bounded (code) definition, on the augmented views; the paper's sums and weights
-(nu = 0.1 for L_AM^s, upsilon = 100 for L_con); tau = 0.7. L_AM^s masks j = i and is computed as a log-sum-exp.
-Differences from the spec:
+Resolutions (docs/decisions.md#dsa): f_s on the concatenation [z_i; z_j] with a softplus output; one 2N x 2N
+matrix (not the code's four blocks); M^pro = softmax(-||zbar_i - zbar_j||^2 / tau), row-normalised; squared
+distances on unit z; sc outside the exponent, bounded (code) definition, on the augmented views; the paper's sums
+and weights (nu = 0.1 for L_AM^s, upsilon = 100 for L_con); tau = 0.7. L_AM^s masks j = i and is computed as a
+log-sum-exp. Further:
 * f_s's hidden width is `fs_hidden` (64) instead of d = cfg.proj_out: the hidden layer is a 2N x 2N x h tensor
   (64 MiB at 2N = 512 and h = 64, 512 MiB per copy at h = d = 512), and 64 is the code's width (its embedding is
-  64-d).
-* f_aux is offline (spec 3.5): dense HOG + colour histogram by default, see models/aux_features.py.
-* f_s's gradient is multiplied by `fs_grad_scale` = 1/upsilon. Optimiser: the trainer's SGD, as for the base
-  methods; the code uses Adam (3e-3), whose step size does not grow with a loss weight. Under SGD, f_s (trained
-  by upsilon L_con alone, in effect) took 100x larger steps and diverged within a few steps in the tiny CPU test
-  (BYOL base, lr 0.25: f_s weights 0.4 -> 16 in two steps, then NaN). Scaling f_s's gradient only keeps the
-  paper's weighting of the encoder's gradient and gives f_s steps of lr x grad L_con. At full scale (2N = 512,
-  lr 0.3) L_con then falls from 0.145 to 0.018 in 1000 steps.
+  64-d) (docs/decisions.md#d-dsa-1).
+* f_aux is offline (docs/decisions.md#d-dsa-9): dense HOG + colour histogram by default, see
+  models/aux_features.py.
+* f_s's gradient is multiplied by `fs_grad_scale` = 1/upsilon (docs/decisions.md#d-dsa-8). Optimiser: the
+  trainer's SGD, as for the base methods; the code uses Adam (3e-3), whose step size does not grow with a loss
+  weight. Under SGD, f_s (trained by upsilon L_con alone, in effect) took 100x larger steps and diverged within a
+  few steps in the tiny CPU test (BYOL base, lr 0.25: f_s weights 0.4 -> 16 in two steps, then NaN). Scaling f_s's
+  gradient only keeps the paper's weighting of the encoder's gradient and gives f_s steps of lr x grad L_con. At
+  full scale (2N = 512, lr 0.3) L_con then falls from 0.145 to 0.018 in 1000 steps.
   SGD's weight decay on f_s is not scaled with it, so relative to its (scaled) gradient it weighs upsilon times
   more, pulling f_s towards a constant output (a uniform M).
-* With row-normalised M and M^pro (spec 3.4), a row of M averages 1/2N, and no entry of M^pro exceeds
-  1 / (1 + (2N - 1) exp(-4 / tau)) = 0.37 (2N = 512, tau = 0.7). M starts near uniform and is trained towards
-  M^pro, so at alpha = 1, 2 M_ij - alpha stays negative for practically every pair: L_AM^s repels, each pair
-  weighted by the connection score and by how far M_ij lies below alpha / 2. The spec notes this for the code's M (3.2) and keeps the normalisation (3.4); a smaller
-  `alpha` reopens the attracting side.
-Magnitudes at step 0 (spec 3.4-7; CIFAR-10, batch 256, ResNet-18, HOG prior): L_ssl 6.17, L_AM^s 10.4, L_con 0.145,
-so upsilon L_con = 14.5 is 2.3x L_ssl (BYOL: 3.5x), under the spec's 10x limit: the paper's weights are kept.
+* With row-normalised M and M^pro (docs/decisions.md#d-dsa-2), a row of M averages 1/2N, and no entry of M^pro
+  exceeds 1 / (1 + (2N - 1) exp(-4 / tau)) = 0.37 (2N = 512, tau = 0.7). M starts near uniform and is trained
+  towards M^pro, so at alpha = 1, 2 M_ij - alpha stays negative for practically every pair: L_AM^s repels, each
+  pair weighted by the connection score and by how far M_ij lies below alpha / 2. The code's M (near 1/N) has the
+  same property; the normalisation is kept, and a smaller `alpha` reopens the attracting side.
+Magnitudes at step 0 (docs/decisions.md#d-dsa-7; CIFAR-10, batch 256, ResNet-18, HOG prior): L_ssl 6.17,
+L_AM^s 10.4, L_con 0.145, so upsilon L_con = 14.5 is 2.3x L_ssl (BYOL: 3.5x), under the 10x limit above which the
+code's weights would be used: the paper's weights are kept.
 Encoder gradient norms: 2.26 (L_ssl), 1.86 (upsilon L_con), 0.22 (nu L_AM^s). These were measured with the
 earlier Sobel-gradient HOG; its present [-1, 0, 1] gradient lowers L_con at step 0 by 2 % (models/aux_features.py).
 """
@@ -106,7 +108,7 @@ class DSA(Method):
         p = self.params
         l_ssl, z1, z2 = self.base.ssl_terms(views)
         n, w = z1.shape[0], world_size()
-        z1, z2 = F.normalize(z1, dim=1), F.normalize(z2, dim=1)  # DSA acts on unit z (spec 3.3)
+        z1, z2 = F.normalize(z1, dim=1), F.normalize(z2, dim=1)  # unit z (docs/decisions.md#d-dsa-4)
         # This rank's 2n rows against the 2N columns of the global batch, both views stacked (view-major).
         z_rows = torch.cat([z1, z2])
         z_cols = torch.cat([gather_with_grad(z1, [n] * w), gather_with_grad(z2, [n] * w)])

@@ -1,7 +1,7 @@
 """OSESSL (ICLR'26): ReSA + exemplar-guided prototypes + interpolation consistency, eq. 14.
 
-L = L_cluster + lambda (L_align + L_disp) + mu (L_mix-proto + L_mix-ins). Resolutions follow
-specs/resa-osessl.md section 2; every choice listed there as an ablation is a parameter here.
+L = L_cluster + lambda (L_align + L_disp) + mu (L_mix-proto + L_mix-ins). How the paper's gaps are resolved:
+docs/decisions.md#osessl; every alternative reading listed there is a parameter here.
 """
 from __future__ import annotations
 
@@ -26,20 +26,20 @@ class OSESSLParams(ReSAParams):
     k: int = 8                      # neighbours per exemplar (Table 7)
     alpha: float = 0.75             # eq. 2 weighting (Table 8)
     memory_size: int = 4096         # 4096 for CIFAR, 65536 for ImageNet
-    tau_s: float = 0.1              # student temperature (spec 2.6.1: Table 16's labels are read as swapped)
+    tau_s: float = 0.1              # student temperature (Table 16 read as swapped: docs/decisions.md#d-osessl-1)
     tau_t: float = 0.04             # teacher temperature
     lam: float = 1.0                # weight of L_proto = L_align + L_disp
     mu: float = 1.0                 # weight of L_mix = L_mix-proto + L_mix-ins (0.25 on ImageNet)
-    mix_zeta: float = 1.0           # beta ~ Beta(zeta, zeta); not given in the paper (spec 2.2)
+    mix_zeta: float = 1.0           # beta ~ Beta(zeta, zeta); not given in the paper (docs/decisions.md#d-osessl-7)
     use_cluster: bool = True        # Table 6 ablations
     use_align: bool = True
     use_disp: bool = True
     use_mix_proto: bool = True
     use_mix_ins: bool = True
-    normalize_prototypes: bool = False   # eq. 4 does not re-normalise (spec 2.6.5)
-    detach_weights: bool = False         # detach pi in eq. 4 (harmless variant, spec 2.4)
-    symmetric_align: bool = False        # also align online(strong) to momentum(weak) (spec 2.6.2 ablation)
-    memory_view: str = "weak"            # momentum view enqueued in the bank: weak (default) | strong
+    normalize_prototypes: bool = False   # eq. 4 does not re-normalise (docs/decisions.md#d-osessl-5)
+    detach_weights: bool = False         # detach pi in eq. 4 (a variant, docs/decisions.md#d-osessl-5)
+    symmetric_align: bool = False        # also align online(strong) to momentum(weak) (docs/decisions.md#d-osessl-2)
+    memory_view: str = "weak"            # momentum view in the bank: weak | strong (docs/decisions.md#d-osessl-3)
 
     def __post_init__(self):
         def need(ok, name, rule):
@@ -98,7 +98,8 @@ class OSESSL(ReSA):
         p = self.params
         weak, strong = views["weak"], views["strong"]
         n = weak.shape[0]
-        # Exemplars share the weak view's forward (same transform, so consistent BN statistics; spec 2.6.9).
+        # Exemplars share the weak view's forward (same transform, so consistent BN statistics;
+        # docs/decisions.md#d-osessl-8).
         h_cat, g_cat = self.embed(torch.cat([weak, views["exemplars"]]))
         h_weak, g_weak = h_cat[:n], g_cat[:n]
         z_weak = F.normalize(g_weak, dim=1)

@@ -1,4 +1,6 @@
-"""ReSA (Weng et al., ICML'25): self-clustering via Sinkhorn on online-vs-momentum encodings (spec section 1)."""
+"""ReSA (Weng et al., ICML'25): self-clustering via Sinkhorn on online-vs-momentum encodings.
+
+Resolutions: docs/decisions.md#resa."""
 from __future__ import annotations
 
 from dataclasses import dataclass

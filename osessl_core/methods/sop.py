@@ -1,10 +1,12 @@
-"""SOP: Self-Organizing Visual Prototypes (Silva, Pedrini, Ramirez Rivera, ICML'25), spec §1 of
-specs/sop-cmsf-dsa.md.
+"""SOP: Self-Organizing Visual Prototypes (Silva, Pedrini, Ramirez Rivera, ICML'25).
+
+Decisions: docs/decisions.md#sop.
 
 Student = encoder + head (in -> proj_hidden -> proj_hidden -> proj_out, GELU, BN in the hidden layers unless
-`head_bn=False`, L2-normalised; the code's iBOTHead, shared by all tokens); teacher = its EMA (the trainer's cosine schedule,
-0.996 -> 1). Both see the two global views (the project's strong view for both, spec §1.7); the encoder is a CIFAR
-ResNet (CLS-only) or a ViT (models/vit.py). L = lambda_cls L_CLS + lambda_patch L_patch:
+`head_bn=False`, L2-normalised; the code's iBOTHead, shared by all tokens); teacher = its EMA (the trainer's cosine
+schedule, 0.996 -> 1). Both see the two global views (the project's strong view for both,
+docs/decisions.md#d-sop-8); the encoder is a CIFAR ResNet (CLS-only) or a ViT (models/vit.py).
+L = lambda_cls L_CLS + lambda_patch L_patch:
 * L_CLS (eq. 2): SOPs of K random anchors + their k nearest neighbours from the [CLS] memory E_C, `num_tasks`
   independent draws per step, averaged.
 * L_patch (eq. 4, SOP-MIM, ViT only): the student sees BEiT blockwise-masked views (a learnable [MASK] token; its
@@ -14,9 +16,10 @@ per image of view 2 (FIFO, all ranks). Anchors are redrawn every step: fixed anc
 
 Deviations: the optimiser is the trainer's SGD, shared by every method (the code uses AdamW 5e-4 B/256, weight
 decay 0.04 -> 0.4, clipping 3.0); no drop-path (torchvision's ViT blocks have none); no multi-crop; the code's
-"low_energy" anchor halving is skipped: it keeps a uniformly random half (spec §1.3-4), so `anchors` is the
-effective K directly. Watch the BN-free head with SGD: on CIFAR its initial embeddings are nearly collinear
-(ResNet: pairwise cosine ~0.8-0.9), so the SOP targets start near uniform (loss ~ log K); see tests/test_sop.py.
+"low_energy" anchor halving is skipped: it keeps a uniformly random half (docs/decisions.md#d-sop-3), so
+`anchors` is the effective K directly. Watch the BN-free head with SGD: on CIFAR its initial embeddings are nearly
+collinear (ResNet: pairwise cosine ~0.8-0.9), so the SOP targets start near uniform (loss ~ log K); see
+tests/test_sop.py.
 """
 from __future__ import annotations
 
@@ -37,7 +40,7 @@ from .base import DataContext, Method, StepRandom
 
 @dataclass
 class SOPParams:
-    memory_size: int = 16384          # N_C (spec §1.7; ImageNet 65536)
+    memory_size: int = 16384          # N_C on CIFAR (ImageNet 65536; docs/decisions.md#d-sop-5)
     anchors: int | None = None        # K per task; None = memory_size // 16 (the paper's ratio, 1024 at 16384)
     k: int = 8                        # support embeddings per anchor (the SOP has k + 1 members)
     num_tasks: int = 4                # independent SOP draws per step for L_CLS
@@ -50,9 +53,9 @@ class SOPParams:
     patch_anchors: int | None = None  # K-dot per task; None = patch_memory_size // 16 (512 at 8192)
     patch_tasks: int = 1
     pred_ratio: float = 0.3           # BEiT blockwise masking, block aspect ratio in (0.3, 1/0.3)
-    blur_prob: float = 0.0            # Gaussian blur of the views (dropped at 32 px, spec §1.7)
+    blur_prob: float = 0.0            # Gaussian blur of the views (dropped at 32 px, docs/decisions.md#d-sop-8)
     vit_depth: int | None = None      # override the ViT's 12 blocks (CPU tests)
-    # BatchNorm in the head's hidden layers (the code's use_bn; spec §1.7's open option). On by default, unlike
+    # BatchNorm in the head's hidden layers (the code's use_bn; docs/decisions.md#d-sop-6). On by default, unlike
     # the code: with the BN-free head and the shared SGD recipe, the initial embeddings are nearly parallel
     # (cosine ~0.85), the SOP targets stay uniform and training stalls at log K (3-epoch H100 run: loss 6.8, memory
     # cosine 0.93, 5-NN 36 %; every tiny CPU run likewise). With BN the embeddings start spread out (~0.15).
@@ -73,7 +76,8 @@ def sop_head(in_dim: int, hidden: int, out: int, bn: bool = False) -> nn.Sequent
 
 def random_unit_memory(size: int, dim: int) -> MemoryBank:
     """The shared FIFO MemoryBank (all-rank enqueue, persistent buffers), filled with random unit vectors as SOP's
-    memories start (spec §1.2): every slot is a valid SOP member from step 0 and the first writes replace them."""
+    memories start (docs/decisions.md#d-sop-5): every slot is a valid SOP member from step 0 and the first writes
+    replace them."""
     memory = MemoryBank(size, dim)
     with torch.no_grad():
         memory.bank.copy_(F.normalize(torch.randn(size, dim), dim=1))

@@ -1,4 +1,5 @@
-"""Frozen auxiliary encoders f_aux for DSA's prior (spec 3.5): nothing is downloaded and nothing is trained.
+"""Frozen auxiliary encoders f_aux for DSA's prior (docs/decisions.md#d-dsa-9): nothing is downloaded and
+nothing is trained.
 
 * "hog": dense HOG (Dalal & Triggs) + a joint RGB colour histogram, in torch on the views' device. The offline
   analogue of the paper's SIFT row (Table 10: SIFT 71.98 against CLIP 72.09 top-1), and the default.
