@@ -157,7 +157,7 @@ class TrainConfig:
     proj_hidden: int = 2048
     proj_out: int = 512
     predictor: bool = False            # ReSA uses one only on ImageNet
-    # optimisation (ReSA CIFAR defaults, spec 1.4)
+    # optimisation (ReSA CIFAR defaults, docs/decisions.md#d-resa-4)
     epochs: int = 1000
     batch_size: int = 256
     base_lr: float = 0.3               # scaled by batch_size * world_size / 256

@@ -535,6 +535,12 @@ def mean_std(rows: list[dict], columns=MEASURED) -> list[dict]:
     return out
 
 
+def sweep_configs(rows: list[dict]) -> dict[str, dict]:
+    """The result file's `config`: each sweep row's own TrainConfig, keyed "<dataset>/<row>" (so CIFAR-100 rows
+    say cifar100)."""
+    return {f"{r['dataset']}/{r.get('row', r.get('method'))}": r["config"] for r in rows if "config" in r}
+
+
 def plot_sweep(rows: list[dict], title: str, columns=MEASURED):
     """One panel per dataset, one shared y-axis: a dot per (row, column), measured filled and the paper's hollow
     beside it. Rows are categories, so no line joins them; a short or smoke run simply sits below the paper."""

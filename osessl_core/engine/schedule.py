@@ -1,4 +1,4 @@
-"""Per-iteration schedules (ReSA, spec 1.4)."""
+"""Per-iteration schedules (ReSA, docs/decisions.md#d-resa-4)."""
 from __future__ import annotations
 
 import math
