@@ -66,6 +66,10 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_bytes(path, lambda f: f.write((json.dumps(obj, indent=2, sort_keys=True) + "\n").encode()))
 
 
+def atomic_write_json_lines(path: Path, rows: list[dict]) -> None:
+    atomic_write_bytes(path, lambda f: f.write("".join(json.dumps(r) + "\n" for r in rows).encode()))
+
+
 def remove_stale_temp_files(folder: Path) -> list[Path]:
     """Delete the `.<name>.*.tmp` files that a killed writer left in `folder`; return them."""
     stale = [p for p in Path(folder).glob(f".*{TEMP_SUFFIX}") if p.is_file()]

@@ -33,8 +33,9 @@ from tqdm.auto import tqdm
 from ..config import ConfigError, TrainConfig
 from ..data import load_dataset
 from ..data.augment import ViewAugment
-from ..eval.curves import read_metrics
 from ..distributed import agree_any, all_reduce_, barrier, is_distributed, is_main_process, rank, world_size
+from ..eval.curves import read_metrics
+from ..files import atomic_write_json_lines
 from ..methods import DataContext, Method, StepRandom, build_method
 from ..models import momentum_at
 from ..models.sync_bn import convert_sync_batchnorm
@@ -184,7 +185,6 @@ class Trainer:
         self._stop_signal: str | None = None
         self.knn_monitor = self.tensorboard = None
         if cfg.knn_monitor_every and is_main_process():
-            from ..data import load_dataset
             from .monitor import KnnMonitor
             self.knn_monitor = KnnMonitor(self.train_set, load_dataset(cfg.dataset, cfg.data_root, "test"),
                                           cfg.knn_monitor_train, cfg.knn_monitor_test, cfg.seed, self.device)
@@ -497,11 +497,6 @@ class Trainer:
             if self.tensorboard is not None:
                 self.tensorboard.log(row)
         return row
-
-
-def atomic_write_json_lines(path: Path, rows: list[dict]) -> None:
-    from ..files import atomic_write_bytes
-    atomic_write_bytes(path, lambda f: f.write("".join(json.dumps(r) + "\n" for r in rows).encode()))
 
 
 def load_run(run_dir: str | Path, **overrides) -> Trainer:
