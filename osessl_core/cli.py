@@ -104,7 +104,7 @@ def cmd_train(ns) -> int:
 
 def cmd_eval(ns) -> int:
     from .engine import load_run
-    from .engine.checkpoint import atomic_write_json
+    from .files import atomic_write_json
     from .engine.evaluate import evaluate_run
     from .provenance import provenance
     trainer = load_run(ns.run_dir, eval_knn=True, eval_linear=ns.linear, linear_epochs=ns.linear_epochs,

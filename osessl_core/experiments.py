@@ -163,7 +163,7 @@ def write_results(out_dir: str | Path, name: str, rows: list[dict], extra: dict 
     Provenance: git SHA, device and versions (osessl_core.provenance), plus the config, seed, wall time and data
     source given here. Nested values in the CSV are JSON-encoded.
     """
-    from .engine.checkpoint import atomic_write_json
+    from .files import atomic_write_json
     out = resolve_path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     payload = _plain({

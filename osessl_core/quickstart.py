@@ -13,13 +13,17 @@ import torch
 
 from .config import TrainConfig
 from .engine import train
-from .engine.checkpoint import atomic_write_json
+from .files import atomic_write_json
 from .engine.evaluate import eval_normalization
 from .provenance import REPO_ROOT, provenance
 
 GPU_BUDGET = dict(epochs=50, batch_size=256, width=64, subset=None, eval_test_subset=None, embed_points=5000)
 CPU_BUDGET = dict(epochs=3, batch_size=128, width=16, subset=4000, eval_test_subset=2000, embed_points=1500,
                   proj_hidden=512, proj_out=128, warmup_epochs=1.0)
+
+
+# Measured with `make quickstart` on an idle 2-core CPU (see README); a busy machine takes longer.
+CPU_EXPECTED = "It took about {minutes} minutes on an idle 2-core CPU."
 
 
 def budget_for(device: str) -> tuple[torch.device, dict]:
@@ -39,6 +43,9 @@ def run_quickstart(out_dir="results/quickstart", data_root=None, device="auto", 
     embed_points = budget.pop("embed_points")
     data_root = str(data_root or (REPO_ROOT.parent / "shared" / "data"))
     summary = {"budget": budget, "device": str(dev), "methods": {}}
+    if dev.type != "cuda" and budget == {k: v for k, v in CPU_BUDGET.items() if k != "embed_points"}:
+        print(f"No CUDA GPU: the scaled-down CPU budget ({budget['epochs']} epochs of {budget['subset']} images, "
+              f"ResNet-18 at width {budget['width']}, for {', '.join(methods)}). {CPU_EXPECTED}", flush=True)
     panels, results = {}, {}
     for name in methods:
         # A smaller bank on the CPU subset keeps it at the paper's ~8% of the training set (4096 / 50000).
@@ -59,9 +66,16 @@ def run_quickstart(out_dir="results/quickstart", data_root=None, device="auto", 
     mean, std = eval_normalization(train_set)
     labels = {"resa": "ReSA", "osessl": "OSESSL"}
     embedded = {}
-    for name, res in results.items():
-        feats = extract_features(res.method.eval_encoder(), sub.images, mean, std, device=dev).numpy()
-        embedded[name] = {algo: embed_2d(feats, method=algo, seed=0) for algo in ("tsne", "umap")}
+    from tqdm.auto import tqdm
+    with tqdm(total=2 * len(results), desc=f"t-SNE/UMAP of {embed_points} images", unit="embedding",
+              disable=not progress) as bar:
+        for name, res in results.items():
+            feats = extract_features(res.method.eval_encoder(), sub.images, mean, std, device=dev).numpy()
+            embedded[name] = {}
+            for algo in ("tsne", "umap"):
+                bar.set_postfix_str(f"{name} {algo}")
+                embedded[name][algo] = embed_2d(feats, method=algo, seed=0)
+                bar.update()
     # Rows: t-SNE then UMAP; columns: the methods.
     for algo, algo_name in (("tsne", "t-SNE"), ("umap", "UMAP")):
         for name in results:

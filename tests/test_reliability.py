@@ -1,7 +1,6 @@
 """Nothing lost, nothing poisoned: NaN roll-back, the run-dir lock, stop signals, stale temp files, a kill in the
 middle of a checkpoint write (bit-exact resume), partial metrics lines, file modes and 16-bit PNGs."""
 import io
-import json
 import os
 import signal
 import subprocess

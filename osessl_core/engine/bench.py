@@ -23,7 +23,7 @@ import torch
 from ..config import TrainConfig
 from ..methods import METHODS
 from ..provenance import provenance
-from .checkpoint import atomic_write_json
+from ..files import atomic_write_json
 from .trainer import Trainer, load_train_data, resolve_device
 
 # Submodules timed as "network_forward": any whose attribute name ends in one of these (e.g. momentum_encoder,

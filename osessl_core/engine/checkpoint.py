@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from ..files import DiskFullError, atomic_write_bytes, atomic_write_json, remove_stale_temp_files  # noqa: F401
+from ..files import atomic_write_bytes
 
 FORMAT_VERSION = 1
 

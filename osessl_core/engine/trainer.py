@@ -35,14 +35,13 @@ from ..data import load_dataset
 from ..data.augment import ViewAugment
 from ..distributed import agree_any, all_reduce_, barrier, is_distributed, is_main_process, rank, world_size
 from ..eval.curves import read_metrics
-from ..files import atomic_write_json_lines
+from ..files import atomic_write_json, atomic_write_json_lines, remove_stale_temp_files
 from ..methods import DataContext, Method, StepRandom, build_method
 from ..models import momentum_at
 from ..models.sync_bn import convert_sync_batchnorm
 from ..provenance import provenance
 from . import run_lock
-from .checkpoint import (atomic_write_json, check_compatible, config_differences, load_checkpoint,
-                         remove_stale_temp_files, save_checkpoint)
+from .checkpoint import check_compatible, config_differences, load_checkpoint, save_checkpoint
 from .schedule import lr_at, scaled_lr
 
 
