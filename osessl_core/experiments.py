@@ -365,6 +365,13 @@ class Experiment:
         self._evals[key] = (result, ev)
         return result, ev
 
+    def untrained(self, cfg: TrainConfig):
+        """A TrainResult at step 0: the method exactly as `cfg` initialises it, trained for no step and with no
+        run directory written (max_steps must be >= 1, so "train 0 steps" is this instead)."""
+        from .engine import Trainer, TrainResult
+        trainer = Trainer(replace(cfg, run_dir=str(self.run_root / "untrained"), resume=False), lock=False)
+        return TrainResult(trainer.run_dir, trainer.method, 0)
+
     def write(self, rows: list[dict], config: dict | TrainConfig | None, extra: dict | None = None,
               name: str | None = None) -> dict[str, Path]:
         if isinstance(config, TrainConfig):

@@ -6,6 +6,7 @@ import importlib.util
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 import time
@@ -139,7 +140,7 @@ def test_smoke_notebooks_pass_nbval(smoke_run):
     assert smoke_run["seconds"] < SMOKE_BUDGET_SECONDS, f"smoke notebooks took {smoke_run['seconds']:.0f} s"
 
 
-FIGURE_CALLS = ("plot_", "save_figure", "Figure(")
+FIGURE_CALL = re.compile(r"\b(plot_\w+|save_figure|Figure)\(")  # a call that draws or saves a figure
 
 
 @pytest.mark.slow
@@ -148,7 +149,7 @@ def test_smoke_notebooks_show_their_figures_inline(smoke_run, name):
     """A cell that builds or saves a figure shows it as image/png (a bare Figure's text repr is not a plot)."""
     cells = [c for c in smoke_run["cells"] if c["notebook"] == name]
     assert cells, f"no executed cells recorded for {name}"
-    figure_cells = [c for c in cells if any(call in c["source"] for call in FIGURE_CALLS)]
+    figure_cells = [c for c in cells if FIGURE_CALL.search(c["source"])]
     if name != "quickstart":  # quickstart shows its embedding PNG from disk
         assert figure_cells, f"{name} draws no figure"
     for c in figure_cells + [c for c in cells if "Image(" in c["source"]]:

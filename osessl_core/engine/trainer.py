@@ -237,7 +237,7 @@ class Trainer:
             self.step = state["step"]
             self._trim_metrics(self.step)
             return
-        if is_main_process():
+        if is_main_process() and self.lock:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             self._write_config()
             if cfg.dataset not in ("cifar10", "cifar100"):  # CIFAR defaults applied to other data: say so once
