@@ -235,7 +235,7 @@ def _exit_code(e: BaseException) -> int | None:
     """2 for errors the user can fix by changing the command, 1 for a failed run, None for a bug."""
     from .engine.checkpoint import IncompatibleCheckpointError
     from .engine.run_lock import RunDirLockedError
-    from .engine.trainer import NonFiniteLossError, RunDirError
+    from .errors import NonFiniteLossError, RunDirError
     from .files import DiskFullError
     if isinstance(e, (ValueError, FileNotFoundError, NotADirectoryError, PermissionError, IncompatibleCheckpointError,
                       RunDirLockedError, RunDirError)):
@@ -249,7 +249,7 @@ def main(argv=None) -> int:
     import os
     import signal
     ns = build_parser().parse_args(argv)
-    from .engine.trainer import TrainingInterrupted
+    from .errors import TrainingInterrupted
     try:
         return ns.func(ns)
     except TrainingInterrupted as e:

@@ -35,6 +35,7 @@ from ..data import load_dataset
 from ..data.augment import ViewAugment
 from ..distributed import agree_any, all_reduce_, barrier, is_distributed, is_main_process, rank, world_size
 from ..eval.curves import read_metrics
+from ..errors import NonFiniteLossError, RunDirError, TrainingInterrupted
 from ..files import atomic_write_json, atomic_write_json_lines, remove_stale_temp_files
 from ..methods import DataContext, Method, StepRandom, build_method
 from ..models import momentum_at
@@ -49,20 +50,6 @@ def _no_phase(name):
     return contextlib.nullcontext()
 
 
-class NonFiniteLossError(FloatingPointError):
-    pass
-
-
-class TrainingInterrupted(Exception):
-    """A stop signal ended training at a step boundary, after a checkpoint; `signal` is its name."""
-
-    def __init__(self, message: str, signal_name: str):
-        super().__init__(message)
-        self.signal = signal_name
-
-
-class RunDirError(RuntimeError):
-    pass
 
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)  # Ctrl-C, SLURM's pre-emption and requeue signals
