@@ -33,7 +33,7 @@ quickstart: install
 	$(BIN)/python -m osessl_core quickstart
 
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=25
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache $(TORCH_SPEC)

@@ -105,27 +105,26 @@ CLI_METHOD_ARGS["swav"] = ["queue_size=64", "queue_start_epoch=0"]  # the queue 
 
 
 @pytest.mark.parametrize("method", sorted(METHODS))
-def test_cli_trains_every_method_resumes_and_evaluates(tmp_path, cifar_root, method):
+def test_cli_trains_every_method_resumes_and_evaluates(tmp_path, cifar_root, method, capsys):
+    """Through the CLI's main() in this process (the `python -m osessl_core` entry point itself is run as a
+    subprocess by test_cli_train_writes_a_complete_run_directory and tests/test_reliability.py)."""
+    from osessl_core.cli import main
     run = tmp_path / "cli"
-    cmd = [sys.executable, "-m", "osessl_core", "train", "--method", method, "--data-root", cifar_root,
+    cmd = ["train", "--method", method, "--data-root", cifar_root,
            "--subset", "128", "--batch-size", "32", "--epochs", "1", "--width", "8", "--proj-hidden", "64",
            "--proj-out", "32", "--device", "cpu", "--run-dir", str(run), "--no-progress", "--log-every", "1",
            "--eval-test-subset", "100"]
     for arg in CLI_METHOD_ARGS.get(method, []):
         cmd += ["-m", arg]
-    first = subprocess.run(cmd + ["--max-steps", "2"], capture_output=True, text=True, timeout=600)
-    assert first.returncode == 0, first.stderr
+    assert main(cmd + ["--max-steps", "2"]) == 0, capsys.readouterr().err
     assert (run / "checkpoint.pt").exists() and not (run / "eval.json").exists()
-    second = subprocess.run(cmd, capture_output=True, text=True, timeout=600)  # resumes and finishes the epoch
-    assert second.returncode == 0, second.stderr
+    assert main(cmd) == 0, capsys.readouterr().err  # resumes and finishes the epoch
     assert [json.loads(l)["step"] for l in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3, 4]
     ev = json.loads((run / "eval.json").read_text())   # the shared k-NN evaluation
     assert 0 <= ev["knn_top1"] <= 100 and ev["n_test"] == 100
     # The `eval` command re-evaluates the checkpoint with the shared k-NN and linear-probe code.
-    ev_cmd = [sys.executable, "-m", "osessl_core", "eval", "--run-dir", str(run), "--device", "cpu", "--linear",
-              "--linear-epochs", "2"]
-    proc = subprocess.run(ev_cmd, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr
+    assert main(["eval", "--run-dir", str(run), "--device", "cpu", "--linear", "--linear-epochs", "2"]) == 0, \
+        capsys.readouterr().err
     ev = json.loads((run / "eval.json").read_text())
     assert ev["step"] == 4 and ev["epochs"] == 1 and ev["linear_epochs"] == 2 and ev["n_test"] == 100
     assert 0 <= ev["knn_top1"] <= 100 and 0 <= ev["linear_top1"] <= ev["linear_top5"] <= 100
