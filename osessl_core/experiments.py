@@ -314,7 +314,8 @@ class Experiment:
         return resolve_device(self.device or ("cpu" if self.smoke else "auto"))
 
     def config(self, method: str = "osessl", method_args: dict | None = None, **overrides) -> TrainConfig:
-        base = dict(data_root=self.data_root, device=self.device, seed=self.seed, progress=False)
+        # A full run shows a training progress bar in the notebook (tqdm.auto: a widget); a smoke run stays quiet.
+        base = dict(data_root=self.data_root, device=self.device, seed=self.seed, progress=not self.smoke)
         base.update({k: v for k, v in overrides.items() if v is not None})
         return train_config(self.smoke, method, method_args, **base)
 
