@@ -37,6 +37,7 @@ from torch import nn
 
 from .config import TrainConfig
 from .data.exemplars import labelled_fraction
+from .eval.curves import read_metrics
 from .provenance import REPO_ROOT, provenance
 
 DEFAULT_DATA_ROOT = REPO_ROOT.parent / "shared" / "data"
@@ -362,7 +363,8 @@ class Experiment:
         ev = dict(result.eval or {})
         ev["wall_seconds"] = time.perf_counter() - t0
         ev["run_dir"] = str(cfg.run_dir)
-        ev["final_loss"] = result.metrics[-1]["loss"] if result.metrics else _last_logged_loss(cfg.run_dir)
+        logged = result.metrics or read_metrics(cfg.run_dir)
+        ev["final_loss"] = logged[-1]["loss"] if logged else None
         self._evals[key] = (result, ev)
         return result, ev
 
@@ -387,12 +389,6 @@ class Experiment:
 
     def save_figure(self, fig, stem: str) -> list[Path]:
         return save_figure(fig, self.out_dir, stem)
-
-
-def _last_logged_loss(run_dir) -> float | None:
-    path = Path(run_dir) / "metrics.jsonl"
-    lines = path.read_text().splitlines() if path.exists() else []
-    return json.loads(lines[-1])["loss"] if lines else None
 
 
 def start(name: str, smoke: bool, out_dir: str, data_root: str | None = None, device: str | None = None,

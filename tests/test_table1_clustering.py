@@ -18,6 +18,7 @@ from osessl_core.losses import (dino_center_update, dino_loss, swav_codes, swav_
 from osessl_core.methods import DataContext, StepRandom, build_method
 
 from test_train import tiny
+from test_losses import literal_sinkhorn  # SwAV's Algorithm A.1, the same loop as ReSA's code
 
 torch.manual_seed(0)
 
@@ -51,20 +52,6 @@ def dot(a, b):
 
 
 # ---- SwAV --------------------------------------------------------------------------------------------------------
-def literal_sinkhorn(scores, eps, iters):
-    """SwAV's Algorithm (appendix A.1 / distributed_sinkhorn): Q = exp(S / eps)^T (K x B), Q /= sum Q, then
-    `iters` times {each prototype row /= its sum, /= K; each sample column /= its sum, /= B}; Q *= B; return Q^T."""
-    B, K = len(scores), len(scores[0])
-    Q = [[math.exp(scores[b][k] / eps) for b in range(B)] for k in range(K)]
-    total = sum(map(sum, Q))
-    Q = [[q / total for q in row] for row in Q]
-    for _ in range(iters):
-        Q = [[q / sum(row) / K for q in row] for row in Q]
-        col = [sum(Q[k][b] for k in range(K)) for b in range(B)]
-        Q = [[Q[k][b] / col[b] / B for b in range(B)] for k in range(K)]
-    return [[Q[k][b] * B for k in range(K)] for b in range(B)]
-
-
 def literal_swav(z1, z2, C, queue1, queue2, T, eps, iters):
     """1/2 [l(z_1, q_2) + l(z_2, q_1)] with codes of each view by Sinkhorn over [batch; queue], the queue's dropped."""
     z1, z2, C = z1.tolist(), z2.tolist(), C.tolist()
