@@ -17,7 +17,7 @@ import types
 import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 
 class ConfigError(ValueError):
@@ -150,8 +150,15 @@ class TrainConfig:
     data_root: str = "../shared/data"
     subset: int | None = None          # train on a seeded random subset of this many images (CPU smoke runs)
     method_args: dict[str, Any] = field(default_factory=dict)
+    image_size: int | None = None      # training resolution; None = the data's own (CIFAR 32, streamed folders 224)
+    class_list: str | None = None      # file of class-folder names, one per line, selecting classes of a folder
+    bad_files: Literal["fail", "skip"] = "fail"  # an unreadable image: stop naming it, or skip and count it
+    loader_workers: int | None = None  # decoding processes of a streamed folder; None = min(8, CPU cores)
+    decode: Literal["cpu", "nvjpeg"] = "cpu"  # where a streamed folder's JPEGs are decoded
+    recipe: str | None = None          # the preset (recipes/<name>.yaml) this config started from; informational
     # networks
     arch: str = "resnet18"
+    stem: Literal["auto", "cifar", "imagenet"] = "auto"  # ResNet stem; auto = CIFAR below 64 px, else ImageNet
     width: int = 64                    # first-stage channels; 64 is the standard ResNet
     zero_pad: bool = True              # ReSA's CIFAR quirk: pad 32x32 inputs to 34x34
     proj_hidden: int = 2048
@@ -162,6 +169,7 @@ class TrainConfig:
     batch_size: int = 256
     base_lr: float = 0.3               # scaled by batch_size * world_size / 256
     weight_decay: float = 1e-4
+    optimizer: Literal["sgd", "lars"] = "sgd"
     sgd_momentum: float = 0.9
     warmup_epochs: float = 2.0
     final_lr_ratio: float = 0.1
@@ -196,8 +204,8 @@ class TrainConfig:
     # Fields that define the learning problem: a checkpoint is only resumable if these match.
     # The per-rank batch_size is not among them: the global batch is checked instead, so a run can resume on a
     # different number of ranks when batch_size x world_size is unchanged.
-    IDENTITY = ("method", "dataset", "subset", "method_args", "arch", "width", "zero_pad", "proj_hidden", "proj_out",
-                "predictor", "seed")
+    IDENTITY = ("method", "dataset", "subset", "method_args", "image_size", "class_list", "arch", "stem", "width",
+                "zero_pad", "proj_hidden", "proj_out", "predictor", "seed")
     # Fields that change how a run executes or is evaluated, not what it learns: free to differ on resume, and left
     # out of the notebooks' run-directory names. Every other field changes the trajectory (the schedule, the
     # optimiser): a resume that changes one is refused unless allow_config_change, which records the change.
@@ -205,7 +213,7 @@ class TrainConfig:
         "data_root", "device", "amp", "compile", "cuda_graphs", "channels_last", "tf32", "max_steps", "time_limit",
         "run_dir", "resume", "allow_config_change", "ckpt_every", "log_every", "progress", "eval_knn", "eval_linear",
         "linear_epochs", "eval_test_subset", "batch_size", "knn_monitor_every", "knn_monitor_train", "knn_monitor_test",
-        "tensorboard"})  # batch_size: the global batch is checked instead
+        "tensorboard", "bad_files", "loader_workers", "decode", "recipe"})  # batch_size: the global batch is checked instead
 
     def __post_init__(self):
         self.validate()
@@ -216,6 +224,8 @@ class TrainConfig:
             if not ok:
                 raise ConfigError(f"{name} must be {rule}, got {getattr(self, name)!r}")
 
+        need(self.image_size is None or self.image_size >= 8, "image_size", ">= 8 pixels (or unset)")
+        need(self.loader_workers is None or self.loader_workers >= 0, "loader_workers", ">= 0 (or unset)")
         need(self.knn_monitor_every >= 0, "knn_monitor_every", ">= 0 (0 = off)")
         for name in ("batch_size", "epochs", "width", "proj_hidden", "proj_out", "log_every", "linear_epochs",
                      "knn_monitor_train", "knn_monitor_test"):

@@ -18,7 +18,7 @@ def eval_normalization(train_set) -> tuple:
 
 
 def evaluate_run(method, cfg, train_set, device, test_set=None) -> dict[str, Any]:
-    from .trainer import seeded_subset
+    from ..data.order import seeded_subset
     t0 = time.perf_counter()
     if test_set is None:
         test_set = load_dataset(cfg.dataset, cfg.data_root, "test")

@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 from ..config import ConfigError, TrainConfig
 from ..data import load_dataset
 from ..data.augment import ViewAugment
+from ..data.order import BatchPlan, epoch_order, seeded_subset
 from ..distributed import agree_any, all_reduce_, barrier, is_distributed, is_main_process, rank, world_size
 from ..eval.curves import read_metrics
 from ..errors import NonFiniteLossError, RunDirError, TrainingInterrupted
@@ -80,17 +81,6 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def epoch_order(seed: int, epoch: int, n: int) -> torch.Tensor:
-    """The data order of one epoch: a function of (seed, epoch) only, so a resumed run sees the same batches."""
-    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
-
-
-def seeded_subset(n_total: int, n: int, seed: int, what: str = "subset") -> torch.Tensor:
-    if n > n_total:
-        raise ConfigError(f"{what}={n} is larger than the dataset ({n_total} images)")
-    return torch.randperm(n_total, generator=torch.Generator().manual_seed(seed))[:n].sort().values
-
-
 def load_train_data(cfg: TrainConfig):
     if not is_main_process():
         barrier()  # let rank 0 decode and cache first, then read its cache
@@ -128,11 +118,8 @@ class Trainer:
         if lock and is_main_process():
             self._claim_run_dir()
         self.train_set = train_set if train_set is not None else load_train_data(cfg)
-        n = len(self.train_set)
-        self.global_batch = cfg.batch_size * world_size()
-        if self.global_batch > n:
-            raise ValueError(f"global batch {self.global_batch} exceeds the {n} training images")
-        self.steps_per_epoch = n // self.global_batch  # drop_last
+        self.plan = BatchPlan(len(self.train_set), cfg.batch_size, world_size())
+        self.global_batch, self.steps_per_epoch = self.plan.global_batch, self.plan.steps_per_epoch
         self.total_steps = self.steps_per_epoch * cfg.epochs
         self.warmup_steps = round(cfg.warmup_epochs * self.steps_per_epoch)
         self.peak_lr = scaled_lr(cfg.base_lr, self.global_batch)
@@ -365,13 +352,11 @@ class Trainer:
 
     def _batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         """This rank's share of the global batch of `step`: (uint8 images, their dataset indices)."""
-        epoch, it = divmod(step, self.steps_per_epoch)
+        epoch, it = self.plan.locate(step)
         if getattr(self, "_order_epoch", None) != epoch:
             self._order = epoch_order(self.cfg.seed, epoch, len(self.images)).to(self.device)
             self._order_epoch = epoch
-        b, r, w = self.cfg.batch_size, rank(), world_size()
-        start = (it * w + r) * b  # each rank takes its slice of the global batch
-        ids = self._order[start:start + b]
+        ids = self._order[self.plan.rank_slice(it, rank())]
         return self.images[ids], ids
 
     def fit(self) -> TrainResult:
