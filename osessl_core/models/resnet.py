@@ -1,15 +1,19 @@
-"""ResNets with the CIFAR stem (3x3 conv, stride 1, no max-pool), as used by ReSA's CIFAR code.
+"""ResNets with the CIFAR stem (3x3 conv, stride 1, no max-pool), as used by ReSA's CIFAR code, and with the
+ImageNet stem (7x7 stride-2 conv + 3x3 stride-2 max-pool) for 224 px training.
 
-Written out here (rather than wrapping torchvision) because the tests and the CPU quickstart need a narrow network
-(`width` < 64), which torchvision's BasicBlock ResNet cannot build.
+The CIFAR ResNet is written out here (rather than wrapping torchvision) because the tests and the CPU quickstart
+need a narrow network (`width` < 64), which torchvision's BasicBlock ResNet cannot build. The ImageNet-stem ResNets
+are torchvision's own constructors (fc = Identity), so their weights are the standard ones key for key; they are
+64 channels wide only.
 """
 from __future__ import annotations
 
 import torch
+import torchvision
 from torch import nn
 import torch.nn.functional as F
 
-from .vit import VIT_ARCHITECTURES, build_vit
+from .vit import VIT_ARCHITECTURES, build_vit, resolve_stem
 
 
 class BasicBlock(nn.Module):
@@ -92,12 +96,33 @@ ARCHITECTURES = {
 }
 
 
+def imagenet_resnet(arch: str, width: int = 64) -> nn.Module:
+    """torchvision's resnet18/50 (random init, fc = Identity) with `out_dim`. torchvision's default init is kept
+    (no zero-init of each block's last BN gamma): neither paper states one, and the CIFAR ResNet has none."""
+    if width != 64:
+        # torchvision's width_per_group only widens resnet50's 3x3 convs (out_dim stays 2048): not what `width`
+        # means for the CIFAR ResNet (every stage's channels), so it is refused rather than reinterpreted.
+        raise ValueError(f"the ImageNet-stem {arch} is torchvision's, 64 channels wide (width={width}); "
+                         f"use width=64 or stem='cifar'")
+    model = getattr(torchvision.models, arch)(weights=None)
+    model.out_dim = model.fc.in_features  # 512 (resnet18) / 2048 (resnet50)
+    model.fc = nn.Identity()
+    return model
+
+
 def build_encoder(arch: str = "resnet18", width: int = 64, zero_pad: bool = True, image_size: int = 32,
-                  vit_depth: int | None = None) -> nn.Module:
-    """A CIFAR ResNet, or a ViT (models/vit.py) built for `image_size`; ViTs ignore width and zero_pad."""
+                  vit_depth: int | None = None, stem: str = "auto", vit_recipe: str = "torchvision") -> nn.Module:
+    """A ResNet or a ViT (models/vit.py) built for `image_size`.
+
+    stem: "cifar" (3x3 stride-1 conv, no max-pool; ReSA's zero pad if zero_pad), "imagenet" (torchvision's 7x7
+    stride-2 conv + max-pool; zero_pad is ignored, width must be 64), or "auto" (CIFAR below 64 px, ImageNet from
+    64 px up). For the ViTs vit_tiny/vit_small the stem is the patch size (4 px / 16 px); vit_s16 always has 16 px
+    patches. ViTs ignore width and zero_pad; vit_recipe ("torchvision" | "mocov3") is for ViTs only."""
     if arch in VIT_ARCHITECTURES:
-        return build_vit(arch, image_size, depth=vit_depth)
+        return build_vit(arch, image_size, depth=vit_depth, stem=stem, recipe=vit_recipe)
     if arch not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {arch!r}; choose one of {sorted([*ARCHITECTURES, *VIT_ARCHITECTURES])}")
+    if resolve_stem(stem, image_size) == "imagenet":
+        return imagenet_resnet(arch, width)
     block, layers = ARCHITECTURES[arch]
     return CifarResNet(block, layers, width=width, zero_pad=zero_pad)
