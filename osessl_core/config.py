@@ -152,6 +152,7 @@ class TrainConfig:
     method_args: dict[str, Any] = field(default_factory=dict)
     image_size: int | None = None      # training resolution; None = the data's own (CIFAR 32, streamed folders 224)
     class_list: str | None = None      # file of class-folder names, one per line, selecting classes of a folder
+    stream: bool | None = None         # decode per batch, not held on the device; None = ImageNet sets, folders > 64 px
     bad_files: Literal["fail", "skip"] = "fail"  # an unreadable image: stop naming it, or skip and count it
     loader_workers: int | None = None  # decoding processes of a streamed folder; None = min(8, CPU cores)
     decode: Literal["cpu", "nvjpeg"] = "cpu"  # where a streamed folder's JPEGs are decoded

@@ -142,7 +142,7 @@ def method_on(labels, batch=16, **method_args):
     cfg = TrainConfig(method=method_args.pop("method", "cmsf"), batch_size=batch, width=8, proj_hidden=16,
                       proj_out=8, method_args=method_args)
     data = DataContext(num_classes=int(labels.max()) + 1, image_size=32, mean=(0.5,) * 3, std=(0.25,) * 3,
-                       train_images=torch.zeros(n, 3, 32, 32, dtype=torch.uint8), train_labels=labels,
+                       read_images=torch.zeros(n, 3, 32, 32, dtype=torch.uint8).__getitem__, train_labels=labels,
                        classes=[str(c) for c in range(int(labels.max()) + 1)])
     return build_method(cfg, data)
 
@@ -291,7 +291,7 @@ def test_semi_split_validation_and_registry():
         labels, 0.1, seed=8))
     assert torch.bincount(labels[split]).tolist() == [5, 5, 5, 5]
     method = method_on(labels, constraint="semi", memory_size=64)  # run seed 0
-    assert method.k == 10 and method.extra_state()["labelled_indices"] == torch.arange(200)[
+    assert method.k == 10 and method.run_files()["labelled.json"]["labelled_indices"] == torch.arange(200)[
         method.known_labels >= 0].tolist() == labelled_fraction(labels, 0.1, seed=0).tolist()
     assert not any(p.requires_grad for p in method.head.parameters())  # not in the trainer's optimiser
     assert method.train().head.training is False

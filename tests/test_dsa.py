@@ -11,7 +11,7 @@ from osessl_core.config import TrainConfig
 from osessl_core.engine import IncompatibleCheckpointError, Trainer, train
 from osessl_core.losses import (arranging_loss, arranging_row_lse, connection_score, constraint_loss, prior_matrix,
                                 regulator)
-from osessl_core.methods import DataContext, StepRandom, build_method
+from osessl_core.methods import Batch, DataContext, StepRandom, build_method
 from osessl_core.models.aux_features import HOGFeatures, colour_histogram, hog
 
 from test_train import tiny
@@ -174,16 +174,16 @@ def test_method_objective_literal_and_fs_gradient_scaled(base):
     cfg = TrainConfig(method="dsa", width=8, proj_hidden=16, proj_out=8, batch_size=8,
                       method_args={"base": base, "eta": 5})
     images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
-    data = DataContext(num_classes=10, image_size=32, mean=(0.5,) * 3, std=(0.25,) * 3, train_images=images,
+    data = DataContext(num_classes=10, image_size=32, mean=(0.5,) * 3, std=(0.25,) * 3, read_images=images.__getitem__,
                        train_labels=torch.zeros(8, dtype=torch.long), classes=[str(i) for i in range(10)])
     method = build_method(cfg, data).double()
-    views = method.make_views(images, StepRandom.create(0, torch.device("cpu")), torch.arange(8))
+    views = method.make_views(Batch.of(images, torch.arange(8)), StepRandom.create(0, torch.device("cpu")))
     views = {k: v.double() for k, v in views.items()}
     terms, _ = method.loss_terms(views)
     with torch.no_grad():
         l_ssl, z1, z2 = method.base.ssl_terms(views)
     z = unit_rows(torch.cat([z1, z2]))
-    a = unit_rows(torch.cat([views["aux1"], views["aux2"]]))
+    a = unit_rows(torch.cat([views.features["prior1"], views.features["prior2"]]))
     n2 = len(z)
     lin1, lin2 = method.fs_in, method.fs_out
     with torch.no_grad():
@@ -195,7 +195,7 @@ def test_method_objective_literal_and_fs_gradient_scaled(base):
         row = [math.exp(-sq(a[i], a[j]) / 0.7) for j in range(n2)]
         prior.append([v / sum(row) for v in row])
     l_con = sum((prior[i][j] - m[i][j]) ** 2 for i in range(n2) for j in range(n2))
-    sc = literal_connection_score(torch.cat([views["aux1"], views["aux2"]]), 5, 1)
+    sc = literal_connection_score(torch.cat([views.features["prior1"], views.features["prior2"]]), 5, 1)
     l_am = naive_arranging_loss(z, m, sc, 1.0, 0.7)
     close(terms["ssl"], l_ssl)
     close(terms["con"], l_con)
@@ -251,7 +251,7 @@ def test_frozen_prior_and_resume(tmp_path, cifar_root):
     uninterrupted one."""
     kw = dict(data_root=cifar_root, method_args={"prior": "random_resnet", "base": "byol"}, ckpt_every=2)
     straight = Trainer(tiny(tmp_path / "a", "dsa", max_steps=4, **kw))
-    aux = straight.method.aux
+    aux = straight.method.prior
     assert not any(p.requires_grad for p in aux.parameters()) and not list(aux.buffers())
     straight.method.eval()
     assert aux.training  # batch statistics, whatever the method's mode
@@ -274,7 +274,7 @@ def test_checkpoint_prior(tmp_path, cifar_root):
                             method_args={"prior": "checkpoint", "prior_checkpoint": str(path)}))
 
     source = Trainer(tiny(tmp_path, "simclr", data_root=cifar_root, max_steps=1)).fit()
-    aux = with_prior(source.run_dir).method.aux
+    aux = with_prior(source.run_dir).method.prior
     theirs, ours = source.method.eval_encoder().state_dict(), aux.encoder.state_dict()
     assert theirs.keys() == ours.keys() and all(torch.equal(theirs[k], ours[k]) for k in theirs)
     assert not aux.training and not any(p.requires_grad for p in aux.parameters())

@@ -5,6 +5,7 @@ Two checks: (1) compilation alone (fp32) reproduces eager fp32 tightly; (2) the 
 tolerance, defined as: no further from fp32 than eager bf16 itself (this narrow test network is ill-conditioned, so
 bf16 alone moves its early-layer gradients by tens of percent; a fixed small tolerance would be meaningless).
 """
+import copy
 from dataclasses import replace
 
 import pytest
@@ -18,9 +19,10 @@ pytestmark = pytest.mark.slow
 
 
 def one_step(trainer, views):
-    views = trainer.to_memory_format(views)
+    views = copy.copy(views)
+    views.images = trainer.execution.to_memory_format(views.images)
     trainer.optimizer.zero_grad(set_to_none=True)
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=trainer.amp):
+    with trainer.execution.autocast():
         terms, _ = trainer.loss_fn(views)
     terms["loss"].backward()
     grads = torch.cat([p.grad.flatten() for p in trainer.method.parameters() if p.grad is not None])
@@ -41,8 +43,7 @@ def setup(tmp_path_factory, cifar_root):
     bank = F.normalize(torch.randn(192, 64, generator=torch.Generator().manual_seed(0)), dim=1)
     eager.method.memory.enqueue(bank)  # a partly filled bank, so prototypes use real neighbours
     with torch.no_grad():
-        images, ids = eager._batch(0)
-        views = eager.method.make_views(images, eager.rng, ids)
+        views = eager.method.make_views(eager.batch(0), eager.rng)
 
     def step(**kw):
         t = Trainer(replace(cfg, run_dir=str(tmp / "x"), resume=False, **kw), train_set=eager.train_set)

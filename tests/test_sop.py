@@ -11,7 +11,7 @@ from osessl_core.data.masking import MASK_ATTEMPTS, MASK_ROUNDS, MASK_UNIFORMS, 
 from osessl_core.engine import Trainer, train
 from osessl_core.losses import (build_sops, sop_cls_loss, sop_cls_term, sop_patch_loss, sop_patch_term,
                                 sop_probabilities)
-from osessl_core.methods import DataContext, StepRandom, build_method
+from osessl_core.methods import Batch, DataContext, StepRandom, build_method
 from osessl_core.models import CifarViT, build_encoder
 
 torch.manual_seed(0)
@@ -235,7 +235,7 @@ def small_method(arch="vit_tiny", **method_args):
                       method_args={"memory_size": 24, "anchors": 3, "k": 2, "patch_memory_size": 24,
                                    "patch_anchors": 4, "vit_depth": 1, **method_args})
     images = torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8)
-    data = DataContext(num_classes=10, image_size=32, mean=(0.5,) * 3, std=(0.25,) * 3, train_images=images,
+    data = DataContext(num_classes=10, image_size=32, mean=(0.5,) * 3, std=(0.25,) * 3, read_images=images.__getitem__,
                        train_labels=torch.zeros(16, dtype=torch.long), classes=[str(i) for i in range(10)])
     return build_method(cfg, data), images
 
@@ -255,13 +255,13 @@ def test_memories_start_random_unit_and_fill_fifo_with_view_2_teacher_embeddings
     rng = StepRandom.create(0, torch.device("cpu"))
     written = []
     for step in range(4):  # batches of 8 into memories of 24: the 4th step overwrites the 1st
-        views = method.make_views(images[8 * (step % 2):8 * (step % 2) + 8], rng, torch.arange(8))
+        views = method.make_views(Batch.of(images[8 * (step % 2):8 * (step % 2) + 8], torch.arange(8)), rng)
         _, aux = method.loss_terms(views)
         # aux: the teacher's view-2 [CLS] and the token at patch_pos of view 2 (both views: one BN batch, as in
         # training)
-        z = unit_tokens(method.teacher_encoder, method.teacher_head, views["global"])[8:]
+        z = unit_tokens(method.teacher_encoder, method.teacher_head, views.images["global"])[8:]
         torch.testing.assert_close(aux["cls"], z[:, 0])
-        torch.testing.assert_close(aux["patch"], z[torch.arange(8), 1 + views["patch_pos"]])
+        torch.testing.assert_close(aux["patch"], z[torch.arange(8), 1 + views.draws["patch_pos"]])
         method.after_step(views, aux)
         written.append(aux)
         if step == 1:
@@ -275,12 +275,12 @@ def test_memories_start_random_unit_and_fill_fifo_with_view_2_teacher_embeddings
 
 def test_views_anchor_permutations_and_masks():
     method, images = small_method()
-    views = method.make_views(images[:8], StepRandom.create(0, torch.device("cpu")), torch.arange(8))
-    assert views["global"].shape == (16, 3, 32, 32) and views["mask_u"].shape == (16, MASK_UNIFORMS)
-    assert views["anchors"].shape == (4, 24) and views["patch_anchors"].shape == (1, 24)
-    assert all(sorted(p.tolist()) == list(range(24)) for p in views["anchors"])
-    assert not torch.equal(views["anchors"][0], views["anchors"][1])  # independent tasks
-    again = method.make_views(images[:8], StepRandom.create(0, torch.device("cpu")), torch.arange(8))
+    views = method.make_views(Batch.of(images[:8], torch.arange(8)), StepRandom.create(0, torch.device("cpu")))
+    assert views.images["global"].shape == (16, 3, 32, 32) and views.draws["mask_u"].shape == (16, MASK_UNIFORMS)
+    assert views.draws["anchors"].shape == (4, 24) and views.draws["patch_anchors"].shape == (1, 24)
+    assert all(sorted(p.tolist()) == list(range(24)) for p in views.draws["anchors"])
+    assert not torch.equal(views.draws["anchors"][0], views.draws["anchors"][1])  # independent tasks
+    again = method.make_views(Batch.of(images[:8], torch.arange(8)), StepRandom.create(0, torch.device("cpu")))
     assert all(torch.equal(views[k], again[k]) for k in views)  # a function of the run's generator only
 
 
@@ -289,24 +289,24 @@ def test_method_objective_literal_student_masked_teacher_unmasked():
     CLS pairs v != t at tau_s = 0.1 / tau_t = 0.04 over every anchor task, plus the masked-patch term."""
     method, images = small_method()
     method = method.double()
-    views = method.make_views(images[:8], StepRandom.create(0, torch.device("cpu")), torch.arange(8))
+    views = method.make_views(Batch.of(images[:8], torch.arange(8)), StepRandom.create(0, torch.device("cpu")))
     views = {k: v.double() if v.is_floating_point() else v for k, v in views.items()}
     terms, _ = method.loss_terms(views)
     n, grid = 8, 8
-    mask = block_masks(views["mask_u"], grid, 0.3)
+    mask = block_masks(views.draws["mask_u"], grid, 0.3)
     assert mask.any()
 
     shape = (2, n, 1 + grid * grid, -1)   # [view][image][token][dim]
-    zs = unit_tokens(method.encoder, method.head, views["global"], mask).view(shape).tolist()
-    zt = unit_tokens(method.teacher_encoder, method.teacher_head, views["global"]).view(shape).tolist()
+    zs = unit_tokens(method.encoder, method.head, views.images["global"], mask).view(shape).tolist()
+    zt = unit_tokens(method.teacher_encoder, method.teacher_head, views.images["global"]).view(shape).tolist()
     cls_tasks = []
-    for perm in views["anchors"]:
+    for perm in views.draws["anchors"]:
         members, Y = literal_sops(method.memory.bank, perm, 3, 2, 0.1)
         D = method.memory.bank[torch.tensor(members).reshape(-1)].tolist()
         pairs = [sum(literal_ce(literal_probs(zt[t][b][0], D, Y, 0.04), literal_probs(zs[1 - t][b][0], D, Y, 0.1))
                      for b in range(n)) / n for t in range(2)]
         cls_tasks.append(sum(pairs) / 2)
-    members, Y = literal_sops(method.patch_memory.bank, views["patch_anchors"][0], 4, 0, 0.1)
+    members, Y = literal_sops(method.patch_memory.bank, views.draws["patch_anchors"][0], 4, 0, 0.1)
     D = method.patch_memory.bank[torch.tensor(members).reshape(-1)].tolist()
     m = mask.view(2, n, grid * grid).tolist()
     per_image = []

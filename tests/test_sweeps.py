@@ -24,10 +24,9 @@ def filled(tmp_path, cifar_root, method, method_args):
     trainer.fit()
     trainer.close()
     m = trainer.method
-    images, ids = trainer._batch(0)
     rng = copy.deepcopy(trainer.rng)
     with torch.no_grad():
-        views = m.make_views(images, rng, ids)
+        views = m.make_views(trainer.batch(0), rng)
     return m, views
 
 

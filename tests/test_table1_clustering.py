@@ -15,7 +15,7 @@ from osessl_core.distributed import all_reduce_, gather_nograd, gather_with_grad
 from osessl_core.engine import Trainer, train
 from osessl_core.losses import (dino_center_update, dino_loss, swav_codes, swav_loss, teacher_temperature, whiten,
                                 wmse_loss)
-from osessl_core.methods import DataContext, StepRandom, build_method
+from osessl_core.methods import Batch, DataContext, StepRandom, build_method
 
 from test_train import tiny
 from test_losses import literal_sinkhorn  # SwAV's Algorithm A.1, the same loop as ReSA's code
@@ -107,14 +107,14 @@ def test_swav_method_prototypes_queue_fifo_and_switch():
     for step in range(5):  # batches of 8 into queues of 32: the 5th step overwrites the 1st
         method.begin_step(step, 2)
         assert float(method.prototype_grad) == (0.0 if step < 2 else 1.0)
-        views = method.make_views(images[:8], rng, torch.arange(8))
+        views = method.make_views(Batch.of(images[:8], torch.arange(8)), rng)
         terms, aux = method.loss_terms(views)
         terms["loss"].backward()
         assert (method.prototypes.weight.grad.abs().sum() > 0) == (step >= 2)
         method.prototypes.weight.grad = None
         with torch.no_grad():
             method.prototypes.weight.add_(0.1)   # stand-in for an optimiser step: begin_step renormalises
-        torch.testing.assert_close(aux["z1"], F.normalize(method.project(views["view1"]), dim=1))
+        torch.testing.assert_close(aux["z1"], F.normalize(method.project(views.images["view1"]), dim=1))
         method.after_step(views, aux)
         written.append(aux)
     for queue, key in ((method.queue1, "z1"), (method.queue2, "z2")):
@@ -179,7 +179,7 @@ def test_dino_method_head_gates_and_center():
         method.begin_step(step, 2)
         assert float(method.tau_t) == pytest.approx(teacher_temperature(epoch, 0.04, 0.07, 30), rel=1e-6)
         assert float(method.last_layer_grad) == (0.0 if epoch < 1 else 1.0)
-        views = method.make_views(images[:8], rng, torch.arange(8))
+        views = method.make_views(Batch.of(images[:8], torch.arange(8)), rng)
         center = method.center.clone()
         terms, aux = method.loss_terms(views)
         terms["loss"].backward()
@@ -187,7 +187,7 @@ def test_dino_method_head_gates_and_center():
         assert all(p.grad is None for p in method.teacher_head.parameters())
         head.zero_grad(set_to_none=True)
         with torch.no_grad():
-            t = torch.cat([method.teacher(views["view1"]), method.teacher(views["view2"])])
+            t = torch.cat([method.teacher(views.images["view1"]), method.teacher(views.images["view2"])])
         torch.testing.assert_close(aux["teacher"], t)
         method.after_step(views, aux)
         torch.testing.assert_close(method.center, 0.9 * center + 0.1 * t.mean(0, keepdim=True))
@@ -259,8 +259,8 @@ def test_wmse_method_sizes_and_views():
     assert (method.w_size, method.embedding_dim) == (8, 4) and method.projector[-1].out_features == 4
     paper = small_method("wmse", batch_size=256)[0]
     assert (paper.w_size, paper.embedding_dim) == (128, 64)
-    views = method.make_views(images[:8], StepRandom.create(0, torch.device("cpu")), torch.arange(8))
-    assert views["perms"].shape == (1, 8) and sorted(views["perms"][0].tolist()) == list(range(8))
+    views = method.make_views(Batch.of(images[:8], torch.arange(8)), StepRandom.create(0, torch.device("cpu")))
+    assert views.draws["perms"].shape == (1, 8) and sorted(views.draws["perms"][0].tolist()) == list(range(8))
     with pytest.raises(ValueError, match="multiple"):
         small_method("wmse", batch_size=12, w_size=8)
 
@@ -319,7 +319,7 @@ def small_method(name, batch_size=8, **method_args):
     cfg = TrainConfig(method=name, width=8, proj_hidden=32, proj_out=16, batch_size=batch_size,
                       method_args={"num_prototypes": 50} | method_args if name == "swav" else method_args)
     images = torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8)
-    data = DataContext(num_classes=10, image_size=32, mean=(0.5,) * 3, std=(0.25,) * 3, train_images=images,
+    data = DataContext(num_classes=10, image_size=32, mean=(0.5,) * 3, std=(0.25,) * 3, read_images=images.__getitem__,
                        train_labels=torch.zeros(16, dtype=torch.long), classes=[str(i) for i in range(10)])
     return build_method(cfg, data), images
 

@@ -262,35 +262,52 @@ class ViewAugment:
         strong = 11 + (2 if self.blur_prob > 0 else 0) if self.kind == "strong" else 0
         return CROP_UNIFORMS + 1 + strong
 
-    def compile(self, **kwargs) -> "ViewAugment":
-        """Compile `apply` (a handful of fused kernels instead of ~100 launches per view); returns self."""
-        self._apply = torch.compile(self.apply, dynamic=False, **kwargs)
-        return self
-
     def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None,
-                 total: int | None = None, offset: int = 0) -> torch.Tensor:
+                 total: int | None = None, offset: int = 0, cropped: bool = False) -> torch.Tensor:
         """Augment `images`. With `total`, the random parameters are drawn for a batch of `total` samples and
         rows [offset, offset + B) of them are used: every rank of a distributed run draws the global batch's
-        parameters from a shared generator and augments only its shard, so views do not depend on world size."""
+        parameters from a shared generator and augments only its shard, so views do not depend on world size.
+
+        cropped=True: `images` are this view's crops already cut (and flipped) by a streaming loader at the
+        output size; the same uniforms are drawn and the crop ones left unused, so the generator advances alike."""
         _check_images(images)
         b = images.shape[0]
         n = b if total is None else total
         if not 0 <= offset <= n - b:
             raise ValueError(f"rows [{offset}, {offset + b}) do not fit in a batch of {n}")
+        if cropped and images.shape[-2:] != (self.size, self.size):
+            raise ValueError(f"crops of {tuple(images.shape[-2:])} px for a {self.size}px view")
         u = torch.rand(n, self.num_uniforms, generator=generator, device=images.device)[offset:offset + b]
+        if cropped:
+            return getattr(self, "_apply_cropped", self.apply_cropped)(images, u)
         return getattr(self, "_apply", self.apply)(images, u)
+
+    def compile(self, **kwargs) -> "ViewAugment":
+        """Compile `apply` and `apply_cropped` (a handful of fused kernels instead of ~100 launches per view)."""
+        self._apply = torch.compile(self.apply, dynamic=False, **kwargs)
+        self._apply_cropped = torch.compile(self.apply_cropped, dynamic=False, **kwargs)
+        return self
 
     def apply(self, images: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         """The view of uint8 `images` for per-sample uniforms u (B, num_uniforms): deterministic, no host sync."""
         _, _, height, width = images.shape
         u = u.to(torch.get_default_dtype())
         boxes = crop_boxes(u[:, :CROP_UNIFORMS], height, width, self.crop_scale, RATIO)
-        u = u[:, CROP_UNIFORMS:]
         # The flip is the pipeline's last op but commutes with every pixel op, so fold it into the crop.
-        flip = u[:, 0] < 0.5
-        strong = self.kind == "strong"
-        x = crop_resize(images.to(u.dtype) / 255, boxes, self.size, flip, mode="bicubic" if strong else "bilinear")
-        if strong:
+        flip = u[:, CROP_UNIFORMS] < 0.5
+        mode = "bicubic" if self.kind == "strong" else "bilinear"
+        x = crop_resize(images.to(u.dtype) / 255, boxes, self.size, flip, mode=mode)
+        return self.finish(x, u)
+
+    def apply_cropped(self, crops: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """The view of uint8 crops already cut and flipped at the output size (streamed data)."""
+        u = u.to(torch.get_default_dtype())
+        return self.finish(crops.to(u.dtype) / 255, u)
+
+    def finish(self, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """Everything after crop and flip, on float images in [0, 1]: colour (strong) and normalisation."""
+        u = u[:, CROP_UNIFORMS:]
+        if self.kind == "strong":
             apply = u[:, 1] < 0.8
             factors = torch.stack([lo + (hi - lo) * u[:, 2 + k]
                                    for k, (lo, hi) in enumerate(zip(JITTER_LOW, JITTER_HIGH))], 1)

@@ -24,7 +24,10 @@ from ..config import TrainConfig
 from ..methods import METHODS
 from ..provenance import provenance
 from ..files import atomic_write_json
-from .trainer import Trainer, load_train_data, resolve_device
+from ..data.order import BatchPlan
+from .batches import load_train_data
+from .execution import resolve_device
+from .trainer import Trainer
 
 # Submodules timed as "network_forward": any whose attribute name ends in one of these (e.g. momentum_encoder,
 # teacher_head, base.projector); the outermost match only, so a network is never counted twice.
@@ -87,7 +90,7 @@ def count_host_syncs(trainer: Trainer) -> int:
         warnings.simplefilter("always")
         torch.cuda.set_sync_debug_mode("warn")
         try:
-            trainer.train_step(trainer._batch(trainer.step))
+            trainer.train_step(trainer.batch(trainer.step))
         finally:
             torch.cuda.set_sync_debug_mode("default")
     return sum("synchroniz" in str(w.message) for w in caught)
@@ -110,22 +113,23 @@ def bench_one(cfg: TrainConfig, train_set, warmup: int, steps: int, epoch: bool 
     trainer = Trainer(cfg, train_set)
     t0 = time.perf_counter()
     for _ in range(warmup):  # compilation and cudnn autotuning happen here
-        trainer.train_step(trainer._batch(trainer.step))
+        trainer.train_step(trainer.batch(trainer.step))
     _sync(device)
     warmup_s = time.perf_counter() - t0
     timer = PhaseTimer(device)
     with timer("step"):  # back to back, no host sync inside
         for _ in range(steps):
-            trainer.train_step(trainer._batch(trainer.step))
+            trainer.train_step(trainer.batch(trainer.step))
     total_ms = timer.totals_ms()["step"] / steps
     syncs = count_host_syncs(trainer) if device.type == "cuda" else None
 
     # Instrumented pass for the breakdown (synchronises per phase, so it is slower than the headline).
     phases = PhaseTimer(device)
-    handles = _hook_networks(trainer.method, phases) if not trainer.compile else []
+    ex = trainer.execution
+    handles = _hook_networks(trainer.method, phases) if not ex.compile else []
     for _ in range(steps):
         with phases("data_augment"):
-            batch = trainer._batch(trainer.step)
+            batch = trainer.batch(trainer.step)
         trainer.train_step(batch, phase=phases)
     for h in handles:
         h.remove()
@@ -136,8 +140,8 @@ def bench_one(cfg: TrainConfig, train_set, warmup: int, steps: int, epoch: bool 
         t["loss"] = t["forward_loss"] - t["network_forward"]
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
     epoch_s = time_epoch(trainer) if epoch else None
-    row = {"method": cfg.method, "amp": trainer.amp, "compile": trainer.compile, "cuda_graphs": trainer.cuda_graphs,
-           "channels_last": trainer.channels_last, "tf32": trainer.tf32,
+    row = {"method": cfg.method, "amp": ex.amp, "compile": ex.compile, "cuda_graphs": ex.cuda_graphs,
+           "channels_last": ex.channels_last, "tf32": ex.tf32,
            "ms_per_step": total_ms, "images_per_s": cfg.batch_size / total_ms * 1000,
            "breakdown_ms": {k: round(v, 4) for k, v in sorted(t.items())},
            "peak_gpu_memory_gib": peak, "host_syncs_per_step": syncs,
@@ -163,7 +167,7 @@ def summarize(rows: list[dict], methods: list[str], train_set, base: TrainConfig
         ratios["osessl_vs_resa_step_time"] = o["ms_per_step"] / r["ms_per_step"]
         if o["peak_gpu_memory_gib"]:
             ratios["osessl_vs_resa_peak_memory"] = o["peak_gpu_memory_gib"] / r["peak_gpu_memory_gib"]
-    steps_per_epoch = len(train_set) // base.batch_size
+    steps_per_epoch = BatchPlan(len(train_set), base.batch_size).steps_per_epoch
     for r in rows:
         r["epoch_seconds"] = steps_per_epoch * r["ms_per_step"] / 1000
     return {"rows": rows, "ratios": ratios, "warmup_steps": warmup, "timed_steps": steps,

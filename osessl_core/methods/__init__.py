@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from ..config import resolve_params
-from .base import DataContext, Method, StepRandom, TwinMethod
+from .base import Batch, DataContext, Method, RunContext, StepRandom, TwinMethod, Views
 from .osessl import OSESSL
 from .byol import BYOL
 from .cmsf import CMSF, MSF
@@ -37,12 +37,18 @@ METHODS: dict[str, type[Method]] = {
 }
 
 
-def build_method(cfg, data: DataContext) -> Method:
+def build_method(cfg, data: DataContext, world_size: int | None = None, rank: int | None = None) -> Method:
+    """The method of a TrainConfig, built from its typed context (the process group's size and rank unless
+    given) and its typed Params."""
+    from ..distributed import rank as current_rank, world_size as current_world_size
     name = cfg.method.lower()
     if name not in METHODS:
         raise ValueError(f"unknown method {cfg.method!r}; registered: {sorted(METHODS)}")
     cls = METHODS[name]
-    return cls(cfg, resolve_params(cls.Params, dict(cfg.method_args), name), data)
+    ctx = RunContext.from_config(cfg, data, current_world_size() if world_size is None else world_size,
+                                 current_rank() if rank is None else rank)
+    return cls(ctx, resolve_params(cls.Params, dict(cfg.method_args), name), data)
 
 
-__all__ = ["METHODS", "build_method", "Method", "TwinMethod", "DataContext", "StepRandom"]
+__all__ = ["METHODS", "build_method", "Method", "TwinMethod", "DataContext", "RunContext", "StepRandom", "Batch",
+           "Views"]

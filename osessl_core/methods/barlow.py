@@ -4,7 +4,7 @@ embeddings is driven to the identity, L = sum_i (1 - C_ii)^2 + lambda sum_{i != 
 C is computed over the global batch: the embeddings are gathered from every rank with gradient, so N ranks give
 the 1-process loss (the official code gets this with SyncBatchNorm and an all-reduce of C; lightly's and
 solo-learn's distributed versions standardise per rank, which is not the global loss). Projector: the paper's
-3-layer MLP, Linear-BN-ReLU x 2 then Linear, at the shared widths cfg.proj_hidden / cfg.proj_out (paper: 8192 x 3;
+3-layer MLP, Linear-BN-ReLU x 2 then Linear, at the shared widths ctx.proj_hidden / ctx.proj_out (paper: 8192 x 3;
 solo-learn's cifar/barlow.yaml: 2048 x 3). The evaluated network is the encoder (the one the paper keeps).
 
 The loss is scaled by `scale_loss` = 0.1, solo-learn's CIFAR value (the configuration behind the paper's Table 1
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from ..losses import barlow_twins_loss
 from ..models import mlp
-from .base import DataContext
+from .base import DataContext, RunContext
 from .two_view import TwoViewMethod
 
 
@@ -34,12 +34,12 @@ class BarlowTwins(TwoViewMethod):
     name = "barlow"
     Params = BarlowParams
 
-    def __init__(self, cfg, params: BarlowParams, data: DataContext):
-        super().__init__(cfg, data)
+    def __init__(self, ctx: RunContext, params: BarlowParams, data: DataContext):
+        super().__init__(ctx, data)
         self.params = params
-        self.projector = mlp([self.encoder.out_dim, cfg.proj_hidden, cfg.proj_hidden, cfg.proj_out], last_bn=False)
+        self.projector = mlp([self.encoder.out_dim, ctx.proj_hidden, ctx.proj_hidden, ctx.proj_out], last_bn=False)
 
     def ssl_terms(self, views):
-        z1, z2 = self.project(views["view1"]), self.project(views["view2"])
+        z1, z2 = self.project(views.images["view1"]), self.project(views.images["view2"])
         loss = barlow_twins_loss(*self.gather_views(z1, z2), lambd=self.params.lambd)
         return self.params.scale_loss * loss, z1, z2

@@ -1,30 +1,21 @@
-"""The interface every method implements, and the online/momentum twin that ReSA-style methods share.
+"""The contract every method follows, and the online/momentum twin that ReSA-style methods share.
 
-The engine calls, per step: `method.begin_step(step, steps_per_epoch)` (epoch-level bookkeeping, e.g. retraining
-an auxiliary head), `views = method.make_views(images_u8, rng, ids)` (augmentation, mixing and any other
-randomness, drawn from the run's generators; `ids` are the batch's dataset indices), `method.momentum_update(m)`,
-`terms, aux = method.loss_terms(views)` (the differentiable part, compiled on GPU: scalar terms including the total
-"loss", plus auxiliary tensors), backward and the optimiser step, then `method.after_step(views, aux)` (memory
-updates). Everything a method keeps across steps lives in its parameters and buffers, so checkpoints resume it.
+A method is one module: a `Params` dataclass (its typed hyper-parameters) and a `Method` subclass, plus one line in
+the registry (methods/__init__.py). The rules it must follow are in `Method`'s docstring; tests/test_contract.py
+checks them for every registered method.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..distributed import rank, world_size
-from ..models import build_encoder, build_predictor, build_projector, ema_update_, momentum_copy
-
-
-def global_rows(n: int) -> dict[str, int]:
-    """ViewAugment's `total`/`offset` for this rank's n images: parameters are drawn for the global batch from the
-    shared generator and this rank's rows kept, so views do not depend on the world size."""
-    return {"total": n * world_size(), "offset": n * rank()}
+from ..data.augment import ViewAugment
+from ..models import build_encoder, build_predictor, build_projector, momentum_copy
 
 
 def host_scalar(value: float, device: torch.device) -> torch.Tensor:
@@ -59,41 +50,171 @@ class StepRandom:
 
 @dataclass
 class DataContext:
-    """What a method may know about the data when it is built."""
+    """What a method may know about the training data when it is built."""
     num_classes: int
-    image_size: int
+    image_size: int                      # the training resolution (every view's side)
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
-    train_images: torch.Tensor   # uint8 N x 3 x H x W (for exemplar selection)
-    train_labels: torch.Tensor
+    train_labels: torch.Tensor           # (N,) int64
     classes: list[str]
+    # uint8 K x 3 x S x S images of the given training indices, S = image_size on the device-resident path (for a
+    # streamed folder: the image resized to image_size * 256/224 and centre-cropped, so device crops fit in it).
+    read_images: Callable[[torch.Tensor], torch.Tensor]
+
+    @classmethod
+    def of(cls, dataset) -> "DataContext":
+        """The context of a device-resident ImageDataset (tests, notebooks)."""
+        return cls(num_classes=dataset.num_classes, image_size=int(dataset.images.shape[-1]), mean=dataset.mean,
+                   std=dataset.std, train_labels=dataset.labels, classes=dataset.classes,
+                   read_images=lambda idx: dataset.images[idx])
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What a method may know about its run, fixed when it is built. Methods read this, never the TrainConfig or
+    the process group, so a method is a function of its context, its Params and its data."""
+    batch_size: int        # this rank's images per step
+    world_size: int
+    rank: int
+    seed: int
+    arch: str              # the networks (TrainConfig's fields of the same names)
+    width: int
+    zero_pad: bool
+    stem: str
+    image_size: int
+    proj_hidden: int
+    proj_out: int
+    predictor: bool
+
+    @property
+    def global_batch(self) -> int:
+        return self.batch_size * self.world_size
+
+    @property
+    def offset(self) -> int:
+        """This rank's first row in the global batch: ranks own contiguous, equal shares in rank order."""
+        return self.batch_size * self.rank
+
+    def encoder(self) -> nn.Module:
+        return build_encoder(self.arch, self.width, self.zero_pad, image_size=self.image_size, stem=self.stem)
+
+    @classmethod
+    def from_config(cls, cfg, data: DataContext, world_size: int = 1, rank: int = 0) -> "RunContext":
+        return cls(batch_size=cfg.batch_size, world_size=world_size, rank=rank, seed=cfg.seed, arch=cfg.arch,
+                   width=cfg.width, zero_pad=cfg.zero_pad, stem=cfg.stem, image_size=data.image_size,
+                   proj_hidden=cfg.proj_hidden, proj_out=cfg.proj_out, predictor=cfg.predictor)
+
+
+class Batch:
+    """This rank's share of one global batch, as the data path delivers it; `view()` cuts its views.
+
+    Device-resident data: `images` (uint8 B x 3 x H x W) are cropped on the device. Streamed data: the loader has
+    already cut one uint8 B x 3 x S x S crop per entry of the method's `view_pipelines()` (boxes from the same crop
+    function, seeded by (seed, epoch, index)); `view()` takes them in that order and applies the rest of the
+    pipeline. Either way the random draws come from the run's generator for the whole global batch and this
+    rank's rows are kept, so views do not depend on the number of ranks."""
+
+    def __init__(self, ids: torch.Tensor, total: int, offset: int, images: torch.Tensor | None = None,
+                 crops: list[torch.Tensor] | None = None, pipelines: list[ViewAugment] | None = None):
+        if (images is None) == (crops is None):
+            raise ValueError("a Batch holds either images (device crops) or crops cut by the loader")
+        self.ids, self.total, self.offset, self.images, self.crops = ids, total, offset, images, crops
+        self.pipelines = pipelines
+        self.taken = 0
+
+    @classmethod
+    def of(cls, images: torch.Tensor, ids: torch.Tensor | None = None) -> "Batch":
+        """A whole (one-rank) batch of device-resident uint8 images, e.g. in a test or a notebook."""
+        ids = torch.arange(images.shape[0], device=images.device) if ids is None else ids
+        return cls(ids, images.shape[0], 0, images=images)
+
+    @property
+    def size(self) -> int:
+        return int(self.ids.shape[0])
+
+    @property
+    def device(self) -> torch.device:
+        return self.ids.device
+
+    def view(self, augment: ViewAugment, generator: torch.Generator) -> torch.Tensor:
+        """The next view: float, normalised, B x 3 x S x S."""
+        k, self.taken = self.taken, self.taken + 1
+        if self.crops is None:
+            return augment(self.images, generator, total=self.total, offset=self.offset)
+        if self.pipelines is None or k >= len(self.crops) or self.pipelines[k] is not augment:
+            raise RuntimeError(f"view {k} does not follow the method's view_pipelines() (the loader cut "
+                               f"{len(self.crops)} crops in that order)")
+        return augment(self.crops[k], generator, total=self.total, offset=self.offset, cropped=True)
+
+
+@dataclass
+class Views:
+    """What `make_views` hands the loss: the only thing that crosses from the eager part of a step to the
+    compiled one. Every tensor is on the device; none needs gradients."""
+    images: dict[str, torch.Tensor]      # augmented image views, float N x 3 x S x S (the memory format is the
+                                         # trainer's): what the networks see
+    draws: dict[str, torch.Tensor] = field(default_factory=dict)     # random draws made outside the compiled
+                                         # loss: permutations, mixing coefficients, mask uniforms
+    features: dict[str, torch.Tensor] = field(default_factory=dict)  # fixed, gradient-free features of the views
+                                         # (DSA's prior)
+    ids: torch.Tensor | None = None      # dataset indices of this rank's rows (methods with per-image state)
 
 
 class Method(nn.Module):
-    """Base class: subclasses set `name`, `Params` (a dataclass) and implement the four step hooks."""
+    """Base class of every method. A subclass sets `name` and `Params` (a dataclass whose fields are typed: the
+    CLI, --config files and notebooks are converted to those types) and follows these rules:
+
+    Building. `__init__(ctx: RunContext, params, data: DataContext)`. Everything a method keeps across steps is a
+    parameter or a buffer (so checkpoints resume it exactly); it reads the run only through `ctx` (global batch,
+    rank, world size, seed, network sizes) and the data only through `data`.
+
+    A step, in the trainer's order:
+    1. `begin_step(step, steps_per_epoch)`: bookkeeping that is a pure function of the global step.
+    2. `make_views(batch, rng) -> Views`: all randomness of the step, eager, from `rng` only. Image views come
+       from `batch.view(pipeline, rng.device)`, taken in the order of `view_pipelines()` (a streamed loader cuts
+       the crops in that order). Draws for the global batch are made in full and this rank's rows kept
+       (`ctx.offset`), so a run on w ranks draws what one rank draws.
+    3. The trainer's EMA: every (online, momentum) pair of `momentum_pairs()` moves by `momentum(m)`, where m is
+       the trainer's cosine schedule (a method with its own constant returns it); before the forward pass.
+    4. `loss_terms(views) -> (terms, updates)`: the differentiable part, compiled on the GPU, no host syncs.
+       `terms` holds scalar tensors: "loss" (the total, backpropagated) and the named parts that are logged (the
+       trainer averages them over ranks). `updates` holds detached tensors for `after_step` (e.g. embeddings to
+       enqueue). Cross-rank statistics use distributed.gather_* with the global batch in rank order.
+    5. Backward and the optimiser step, then `after_step(views, updates)`: memory writes.
+
+    Evaluation and bench rely on: `eval_encoder()` (the network whose features are evaluated, with `out_dim`),
+    `eval_projector()` (the head after it, an nn.Sequential), the "loss" term, and `name`.
+    Run files: `run_files()` names the JSON files the method owns (e.g. exemplars.json); the run directory writes
+    them once, when the run starts."""
     name: str = ""
     Params: type = object
 
     def begin_step(self, step: int, steps_per_epoch: int) -> None:
         """Called before each step with the global step count (a pure function of it, so resume is exact)."""
 
-    def make_views(self, images: torch.Tensor, rng: StepRandom, ids: torch.Tensor) -> dict[str, torch.Tensor]:
-        """images: this rank's uint8 batch (B x 3 x H x W); ids: their indices in the training set (B,)."""
+    def view_pipelines(self) -> list[ViewAugment]:
+        """The augmentation of every view cut from a training image, in the order make_views takes them."""
         raise NotImplementedError
 
-    def forward(self, views: dict[str, torch.Tensor]):
+    def make_views(self, batch: Batch, rng: StepRandom) -> Views:
+        raise NotImplementedError
+
+    def forward(self, views: Views):
         # DistributedDataParallel (and torch.compile) wrap a module's forward: it is the loss.
         return self.loss_terms(views)
 
-    def momentum_update(self, m: float) -> float | None:
-        """EMA step of any teacher, given the trainer's scheduled momentum `m`. Returns the momentum actually used
-        if the method has its own (it is logged), else None."""
-        return None
+    def momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
+        """(online, momentum copy) pairs the trainer moves by EMA before each forward; none by default."""
+        return []
 
-    def loss_terms(self, views: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def momentum(self, scheduled: float) -> float:
+        """The EMA momentum of this step, given the trainer's schedule (logged)."""
+        return scheduled
+
+    def loss_terms(self, views: Views) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         raise NotImplementedError
 
-    def after_step(self, views: dict[str, torch.Tensor], aux: dict[str, torch.Tensor]) -> None:
+    def after_step(self, views: Views, updates: dict[str, torch.Tensor]) -> None:
         pass
 
     def eval_encoder(self) -> nn.Module:
@@ -105,29 +226,26 @@ class Method(nn.Module):
         which use its layers)."""
         raise NotImplementedError
 
-    def extra_state(self) -> dict[str, Any]:
-        """JSON-able facts saved with the run (e.g. exemplar indices)."""
+    def run_files(self) -> dict[str, dict[str, Any]]:
+        """{file name: JSON-able content} the method owns in the run directory (e.g. the exemplar indices)."""
         return {}
 
 
 class TwinMethod(Method):
     """Online encoder+projector (+ optional predictor) and their momentum copy."""
 
-    def __init__(self, cfg, data: DataContext):
+    def __init__(self, ctx: RunContext, data: DataContext):
         super().__init__()
-        self.encoder = build_encoder(cfg.arch, cfg.width, cfg.zero_pad)
-        self.projector = build_projector(self.encoder.out_dim, cfg.proj_hidden, cfg.proj_out)
-        self.predictor = build_predictor(cfg.proj_out, cfg.proj_hidden) if cfg.predictor else None
+        self.ctx = ctx
+        self.encoder = ctx.encoder()
+        self.projector = build_projector(self.encoder.out_dim, ctx.proj_hidden, ctx.proj_out)
+        self.predictor = build_predictor(ctx.proj_out, ctx.proj_hidden) if ctx.predictor else None
         self.momentum_encoder = momentum_copy(self.encoder)
         self.momentum_projector = momentum_copy(self.projector)
 
-    def online(self) -> list[nn.Module]:
-        return [self.encoder, self.projector]
-
-    def momentum_update(self, m: float) -> None:
-        # Called before the momentum forward, i.e. with the parameters of the previous optimiser step (ReSA).
-        ema_update_(self.momentum_encoder, self.encoder, m)
-        ema_update_(self.momentum_projector, self.projector, m)
+    def momentum_pairs(self):
+        # Moved before the momentum forward, i.e. with the parameters of the previous optimiser step (ReSA).
+        return [(self.encoder, self.momentum_encoder), (self.projector, self.momentum_projector)]
 
     def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Online (h, g(h)) for one forward; BN sees each call as its own batch (ReSA). g(h) is unnormalised."""

@@ -12,8 +12,8 @@ Resolutions (docs/decisions.md#cmsf):
 * Optimiser: the trainer's SGD and schedule, shared by all methods for the same budget (the paper: SGD 0.05,
   cosine without warm-up, wd 1e-4). Only the constant EMA momentum is the method's own (`momentum`).
 * Networks: projector and predictor are the code's get_mlp, Linear-BN-ReLU-Linear, with the widths every method
-  shares, cfg.proj_hidden / cfg.proj_out (default 2048 / 512, as BYOL's head; the code's CIFAR sizes are
-  `--proj-hidden 1024 --proj-out 128`, docs/decisions.md#d-cmsf-6); the predictor always exists (cfg.predictor is
+  shares, ctx.proj_hidden / ctx.proj_out (default 2048 / 512, as BYOL's head; the code's CIFAR sizes are
+  `--proj-hidden 1024 --proj-out 128`, docs/decisions.md#d-cmsf-6); the predictor always exists (ctx.predictor is
   not used).
 * Views: the project's weak view for the target; its strong view, without blur and solarisation, for the query.
   The shared colour jitter has saturation 0.2 where the code uses 0.4.
@@ -30,7 +30,7 @@ Resolutions (docs/decisions.md#cmsf):
   reproduces the code: the randn-initialised pool takes part, so C_i = {u_i} + (k'-1) random entries in epoch 1.
   An image held twice in M (across an epoch boundary) gives two entries with the same M' embedding, an exact tie
   in C_i as in the code; rounding breaks it, so N ranks may pick the other, equally near entry than 1 rank does.
-* semi: labelled split = `label_fraction` of every class, drawn with the run seed (saved by extra_state and in the
+* semi: labelled split = `label_fraction` of every class, drawn with the run seed (saved in the run file labelled.json and in the
   `labelled` buffer). The code's sup_queue is a FIFO of the labelled images' target embeddings; here it is the
   latest target embedding of every labelled image seen so far (the same set as a FIFO of exactly that size,
   without the code's unfilled rows relabelled to class 0; the cache keeps every image's, static shapes, and only
@@ -57,8 +57,8 @@ from ..losses import (constrain_to_labels, constrain_to_members, mean_shift_loss
                       pseudo_labels)
 from ..losses.common import upcast
 from ..memory import MemoryBank
-from ..models import build_encoder, ema_update_, mlp, momentum_copy
-from .base import DataContext, Method, StepRandom, global_rows
+from ..models import mlp, momentum_copy
+from .base import Batch, DataContext, Method, RunContext, StepRandom, Views
 
 CONSTRAINTS = ("none", "self", "sup", "semi")
 
@@ -155,7 +155,7 @@ class CMSF(Method):
     name = "cmsf"
     Params = CMSFParams
 
-    def __init__(self, cfg, params: CMSFParams, data: DataContext):
+    def __init__(self, ctx: RunContext, params: CMSFParams, data: DataContext):
         super().__init__()
         p = self.params = params
         if p.constraint not in CONSTRAINTS:
@@ -163,7 +163,7 @@ class CMSF(Method):
         if p.epoch1 not in ("msf", "random"):
             raise ValueError(f"epoch1 must be 'msf' or 'random', got {p.epoch1!r}")
         self.k = p.k if p.k is not None else (10 if p.constraint in ("sup", "semi") else 5)
-        n, batch, dim = len(data.train_labels), cfg.batch_size * world_size(), cfg.proj_out
+        n, batch, dim = len(data.train_labels), ctx.global_batch, ctx.proj_out
         if not batch <= p.memory_size <= n:
             raise ValueError(f"memory_size={p.memory_size} must lie between the global batch ({batch}, enqueued "
                              f"whole) and the training-set size ({n}): a larger M holds images several times, "
@@ -176,9 +176,9 @@ class CMSF(Method):
         if p.constraint == "semi" and not 0 < p.label_fraction <= 1:
             raise ValueError(f"label_fraction must be in (0, 1], got {p.label_fraction}")
 
-        self.encoder = build_encoder(cfg.arch, cfg.width, cfg.zero_pad)
-        self.projector = mlp([self.encoder.out_dim, cfg.proj_hidden, dim], last_bn=False)
-        self.predictor = mlp([dim, cfg.proj_hidden, dim], last_bn=False)
+        self.encoder = ctx.encoder()
+        self.projector = mlp([self.encoder.out_dim, ctx.proj_hidden, dim], last_bn=False)
+        self.predictor = mlp([dim, ctx.proj_hidden, dim], last_bn=False)
         self.target_encoder = momentum_copy(self.encoder)
         self.target_projector = momentum_copy(self.projector)
         self.weak = weak_view(data.image_size, data.mean, data.std)
@@ -191,7 +191,7 @@ class CMSF(Method):
         if p.constraint in ("sup", "semi"):
             known = data.train_labels.long().clone()
             if p.constraint == "semi":
-                self.register_buffer("labelled", labelled_fraction(known, p.label_fraction, cfg.seed))
+                self.register_buffer("labelled", labelled_fraction(known, p.label_fraction, ctx.seed))
                 known = torch.full_like(known, -1).index_copy_(0, self.labelled, known[self.labelled])
             self.register_buffer("known_labels", known)  # -1: label not available to the method
         if p.constraint == "semi":
@@ -200,7 +200,7 @@ class CMSF(Method):
                                       nn.Linear(2 * dim, data.num_classes))
             self.head.requires_grad_(False)  # trained by retrain_head only, never by the trainer's optimiser
             self.head.eval()
-            self.seed, self.retrain_mid_epoch = cfg.seed, batch < 1024
+            self.seed, self.retrain_mid_epoch = ctx.seed, batch < 1024
 
     # ---- hooks -----------------------------------------------------------------------------------------------
     def train(self, mode: bool = True):
@@ -216,41 +216,44 @@ class CMSF(Method):
         if pos == 0 or (self.retrain_mid_epoch and pos == steps_per_epoch // 2):
             self.retrain_head(step)
 
-    def make_views(self, images: torch.Tensor, rng: StepRandom, ids: torch.Tensor) -> dict[str, torch.Tensor]:
-        shard = global_rows(images.shape[0])
-        return {"weak": self.weak(images, rng.device, **shard), "strong": self.strong(images, rng.device, **shard),
-                "ids": ids}
+    def view_pipelines(self):
+        return [self.weak, self.strong]
 
-    def momentum_update(self, m: float) -> float:
-        ema_update_(self.target_encoder, self.encoder, self.params.momentum)
-        ema_update_(self.target_projector, self.projector, self.params.momentum)
-        return self.params.momentum
+    def make_views(self, batch: Batch, rng: StepRandom) -> Views:
+        return Views({"weak": batch.view(self.weak, rng.device), "strong": batch.view(self.strong, rng.device)},
+                     ids=batch.ids)
+
+    def momentum_pairs(self):
+        return [(self.encoder, self.target_encoder), (self.projector, self.target_projector)]
+
+    def momentum(self, scheduled: float) -> float:
+        return self.params.momentum  # CMSF's constant target momentum, not the trainer's schedule
 
     def loss_terms(self, views):
-        q = F.normalize(upcast(self.predictor(self.projector(self.encoder(views["strong"])))), dim=1)
+        q = F.normalize(upcast(self.predictor(self.projector(self.encoder(views.images["strong"])))), dim=1)
         with torch.no_grad():
-            u = F.normalize(upcast(self.target_projector(self.target_encoder(views["weak"]))), dim=1)
-        ids = views["ids"]
+            u = F.normalize(upcast(self.target_projector(self.target_encoder(views.images["weak"]))), dim=1)
+        ids = views.ids
         y = self.batch_labels(u, ids)
-        bank, neighbours, aux = self.search(u, ids, y)
+        bank, neighbours, updates = self.search(u, ids, y)
         c = self.params.constraint
         if c == "none":
             loss = mean_shift_loss(q, bank, neighbours["msf"])
-            return {"loss": loss}, aux
+            return {"loss": loss}, updates
         constrained = mean_shift_loss(q, bank, neighbours["constrained"])
         if c == "self":
             msf = mean_shift_loss(q, bank, neighbours["msf"])
             loss = 0.5 * constrained + 0.5 * msf
-            return {"loss": loss, "cmsf": constrained.detach(), "msf": msf.detach()}, aux
+            return {"loss": loss, "cmsf": constrained.detach(), "msf": msf.detach()}, updates
         terms = {"loss": constrained}
         if c == "semi":
             terms["confident"] = (y >= 0).float().mean()  # share of constrained rows (labelled or confident)
-        return terms, aux
+        return terms, updates
 
-    def after_step(self, views, aux) -> None:
-        self.memory.enqueue(aux["u"], aux["y"], aux["ids"])
+    def after_step(self, views, updates) -> None:
+        self.memory.enqueue(updates["u"], updates["y"], updates["ids"])
         if self.cache is not None:
-            self.cache.write_(aux["u"], aux["ids"])
+            self.cache.write_(updates["u"], updates["ids"])
 
     def eval_encoder(self) -> nn.Module:
         return self.encoder  # the official evaluation loads encoder_q, the online network
@@ -258,10 +261,11 @@ class CMSF(Method):
     def eval_projector(self) -> nn.Sequential:
         return self.projector
 
-    def extra_state(self):
+    def run_files(self):
         if self.params.constraint != "semi":
             return {}
-        return {"labelled_indices": self.labelled.tolist(), "label_fraction": self.params.label_fraction}
+        return {"labelled.json": {"labelled_indices": self.labelled.tolist(),
+                                  "label_fraction": self.params.label_fraction}}
 
     # ---- neighbours ------------------------------------------------------------------------------------------
     def batch_labels(self, u: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
@@ -335,5 +339,5 @@ class MSF(CMSF):
     name = "msf"
     Params = MSFParams
 
-    def __init__(self, cfg, params: MSFParams, data: DataContext):
-        super().__init__(cfg, CMSFParams(**dataclasses.asdict(params), constraint="none"), data)
+    def __init__(self, ctx: RunContext, params: MSFParams, data: DataContext):
+        super().__init__(ctx, CMSFParams(**dataclasses.asdict(params), constraint="none"), data)

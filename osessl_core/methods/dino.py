@@ -27,9 +27,9 @@ P_s = softmax(g_s / tau_s).
 
 CIFAR recipe: solo-learn's scripts/pretrain/cifar/dino.yaml (vturrisi/solo-learn 9187ea3) and its DINO
 defaults: K = 4096 prototypes, bottleneck 256, hidden 2048, tau_s 0.1, no BN in the head (here: BN, above), no
-gradient clipping, EMA 0.9995 -> 1. Deviations: the momentum is the trainer's cosine schedule from cfg.momentum_base (0.996 -> 1,
+gradient clipping, EMA 0.9995 -> 1. Deviations: the momentum is the trainer's cosine schedule from TrainConfig.momentum_base (0.996 -> 1,
 the paper's; solo-learn's CIFAR 0.9995 is `--momentum-base 0.9995`); the MLP widths are the shared
-cfg.proj_hidden / cfg.proj_out (bottleneck 512 by default instead of 256); no multi-crop (solo-learn's CIFAR
+ctx.proj_hidden / ctx.proj_out (bottleneck 512 by default instead of 256); no multi-crop (solo-learn's CIFAR
 config has two 32 px crops too); each view is its own forward, so BN in the encoder sees one view's batch
 (the official code concatenates the crops); and, as for every rival, the trainer's SGD (lr 0.3 x B/256,
 momentum 0.9, wd 1e-4, warm-up + cosine) instead of LARS (solo-learn: lr 0.3, wd 1e-6) or AdamW with the
@@ -48,8 +48,9 @@ from torch import nn
 from ..data.augment import strong_view
 from ..losses import dino_center_update, dino_loss, teacher_temperature
 from ..losses.common import full_precision
-from ..models import build_encoder, ema_update_, momentum_copy
-from .base import DataContext, Method, StepRandom, global_rows
+from ..models import momentum_copy
+from .base import Batch, DataContext, Method, RunContext, StepRandom, Views
+from .two_view import paired_views
 
 
 @dataclass
@@ -100,15 +101,15 @@ class DINO(Method):
     name = "dino"
     Params = DINOParams
 
-    def __init__(self, cfg, params: DINOParams, data: DataContext):
+    def __init__(self, ctx: RunContext, params: DINOParams, data: DataContext):
         super().__init__()
         self.params = p = params
         if p.num_prototypes < 1 or min(p.student_temp, p.teacher_temp, p.warmup_teacher_temp) <= 0:
             raise ValueError("num_prototypes must be >= 1 and every temperature > 0")
         if not 0 <= p.center_momentum < 1 or p.warmup_teacher_temp_epochs < 0 or p.freeze_last_layer < 0:
             raise ValueError("center_momentum must lie in [0, 1); warm-up and freeze epochs must be >= 0")
-        self.encoder = build_encoder(cfg.arch, cfg.width, cfg.zero_pad)
-        self.head = DINOHead(self.encoder.out_dim, cfg.proj_hidden, cfg.proj_out, p.num_prototypes,
+        self.encoder = ctx.encoder()
+        self.head = DINOHead(self.encoder.out_dim, ctx.proj_hidden, ctx.proj_out, p.num_prototypes,
                              p.use_bn_in_head, p.norm_last_layer)
         self.teacher_encoder = momentum_copy(self.encoder)
         self.teacher_head = momentum_copy(self.head)
@@ -124,13 +125,14 @@ class DINO(Method):
                                           p.warmup_teacher_temp_epochs))
         self.last_layer_grad.fill_(0.0 if epoch < p.freeze_last_layer else 1.0)
 
-    def make_views(self, images: torch.Tensor, rng: StepRandom, ids: torch.Tensor) -> dict[str, torch.Tensor]:
-        shard = global_rows(images.shape[0])
-        return {"view1": self.augment(images, rng.device, **shard), "view2": self.augment(images, rng.device, **shard)}
+    def view_pipelines(self):
+        return [self.augment, self.augment]
 
-    def momentum_update(self, m: float) -> None:
-        ema_update_(self.teacher_encoder, self.encoder, m)
-        ema_update_(self.teacher_head, self.head, m)
+    def make_views(self, batch: Batch, rng: StepRandom) -> Views:
+        return paired_views(batch, self.augment, rng)
+
+    def momentum_pairs(self):
+        return [(self.encoder, self.teacher_encoder), (self.head, self.teacher_head)]
 
     def student(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.encoder(x), self.last_layer_grad)
@@ -141,13 +143,13 @@ class DINO(Method):
 
     def loss_terms(self, views):
         p = self.params
-        t1, t2 = self.teacher(views["view1"]), self.teacher(views["view2"])
-        loss = dino_loss(self.student(views["view1"]), self.student(views["view2"]), t1, t2, self.center,
+        t1, t2 = self.teacher(views.images["view1"]), self.teacher(views.images["view2"])
+        loss = dino_loss(self.student(views.images["view1"]), self.student(views.images["view2"]), t1, t2, self.center,
                          self.tau_t, p.student_temp)
         return {"loss": loss, "dino": loss.detach()}, {"teacher": torch.cat([t1, t2])}
 
-    def after_step(self, views, aux) -> None:
-        self.center.copy_(dino_center_update(self.center, aux["teacher"], self.params.center_momentum))
+    def after_step(self, views, updates) -> None:
+        self.center.copy_(dino_center_update(self.center, updates["teacher"], self.params.center_momentum))
 
     def eval_encoder(self) -> nn.Module:
         return self.teacher_encoder

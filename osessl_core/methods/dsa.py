@@ -9,7 +9,7 @@ matrix (not the code's four blocks); M^pro = softmax(-||zbar_i - zbar_j||^2 / ta
 distances on unit z; sc outside the exponent, bounded (code) definition, on the augmented views; the paper's sums
 and weights (nu = 0.1 for L_AM^s, upsilon = 100 for L_con); tau = 0.7. L_AM^s masks j = i and is computed as a
 log-sum-exp. Further:
-* f_s's hidden width is `fs_hidden` (64) instead of d = cfg.proj_out: the hidden layer is a 2N x 2N x h tensor
+* f_s's hidden width is `fs_hidden` (64) instead of d = ctx.proj_out: the hidden layer is a 2N x 2N x h tensor
   (64 MiB at 2N = 512 and h = 64, 512 MiB per copy at h = d = 512), and 64 is the code's width (its embedding is
   64-d) (docs/decisions.md#d-dsa-1).
 * f_aux is offline (docs/decisions.md#d-dsa-9): dense HOG + colour histogram by default, see
@@ -41,10 +41,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..distributed import gather_nograd, gather_with_grad, rank, world_size
+from ..distributed import gather_nograd, gather_with_grad
 from ..losses import arranging_loss, arranging_row_lse, connection_score, constraint_loss, prior_matrix, regulator
 from ..models.aux_features import build_aux_encoder
-from .base import DataContext, Method, StepRandom
+from .base import Batch, DataContext, Method, RunContext, StepRandom, Views
 from .byol import BYOL, BYOLParams
 from .simclr import SimCLR, SimCLRParams
 
@@ -74,9 +74,9 @@ class DSA(Method):
     name = "dsa"
     Params = DSAParams
 
-    def __init__(self, cfg, params: DSAParams, data: DataContext):
+    def __init__(self, ctx: RunContext, params: DSAParams, data: DataContext):
         super().__init__()
-        two_n = 2 * cfg.batch_size * world_size()
+        two_n = 2 * ctx.global_batch
         if params.base not in ("simclr", "byol"):
             raise ValueError(f"base must be 'simclr' or 'byol', got {params.base!r}")
         if not 0 < params.eta < two_n:
@@ -88,40 +88,44 @@ class DSA(Method):
                              f"tau={params.tau}, fs_hidden={params.fs_hidden}, upsilon={params.upsilon}")
         self.params = params
         if params.base == "simclr":
-            self.base = SimCLR(cfg, SimCLRParams(temperature=params.temperature), data)
+            self.base = SimCLR(ctx, SimCLRParams(temperature=params.temperature), data)
         else:
-            self.base = BYOL(cfg, BYOLParams(), data)
-        self.fs_in = nn.Linear(2 * cfg.proj_out, params.fs_hidden)   # f_s = Linear(2d, h) - ReLU - Linear(h, 1)
+            self.base = BYOL(ctx, BYOLParams(), data)
+        self.fs_in = nn.Linear(2 * ctx.proj_out, params.fs_hidden)   # f_s = Linear(2d, h) - ReLU - Linear(h, 1)
         self.fs_out = nn.Linear(params.fs_hidden, 1)
-        self.aux = build_aux_encoder(params.prior, cfg, data, params.prior_checkpoint)
+        self.ctx = ctx
+        self.prior = build_aux_encoder(params.prior, ctx, data, params.prior_checkpoint)  # f_aux
         self.fs_grad_scale = 1.0 / params.upsilon if params.fs_grad_scale is None else params.fs_grad_scale
 
-    def make_views(self, images: torch.Tensor, rng: StepRandom, ids: torch.Tensor) -> dict[str, torch.Tensor]:
-        views = self.base.make_views(images, rng, ids)
-        views["aux1"], views["aux2"] = self.aux(views["view1"]), self.aux(views["view2"])  # f_aux per view
+    def view_pipelines(self):
+        return self.base.view_pipelines()
+
+    def make_views(self, batch: Batch, rng: StepRandom) -> Views:
+        views = self.base.make_views(batch, rng)
+        views.features.update(prior1=self.prior(views.images["view1"]), prior2=self.prior(views.images["view2"]))
         return views
 
-    def momentum_update(self, m: float) -> float | None:
-        return self.base.momentum_update(m)
+    def momentum_pairs(self):
+        return self.base.momentum_pairs()
 
     def loss_terms(self, views):
         p = self.params
         l_ssl, z1, z2 = self.base.ssl_terms(views)
-        n, w = z1.shape[0], world_size()
+        n, w = z1.shape[0], self.ctx.world_size
         z1, z2 = F.normalize(z1, dim=1), F.normalize(z2, dim=1)  # unit z (docs/decisions.md#d-dsa-4)
         # This rank's 2n rows against the 2N columns of the global batch, both views stacked (view-major).
         z_rows = torch.cat([z1, z2])
         z_cols = torch.cat([gather_with_grad(z1, [n] * w), gather_with_grad(z2, [n] * w)])
-        aux = torch.cat([gather_nograd(views["aux1"]), gather_nograd(views["aux2"])])
-        idx = torch.arange(n, device=z1.device) + n * rank()
+        prior = torch.cat([gather_nograd(views.features["prior1"]), gather_nograd(views.features["prior2"])])
+        idx = torch.arange(n, device=z1.device) + self.ctx.offset
         rows = torch.cat([idx, idx + n * w])  # global index of each row
         fs = [scale_grad(t, self.fs_grad_scale) for t in (self.fs_in.weight, self.fs_in.bias, self.fs_out.weight,
                                                             self.fs_out.bias)]
         m = regulator(z_rows, z_cols, *fs)
         # DDP averages the ranks' gradients (and the trainer their logged terms): a sum over rows is scaled by
         # the world size, so that the average is the sum over all 2N rows.
-        l_con = w * constraint_loss(prior_matrix(aux[rows], aux, p.tau), m)
-        sc = connection_score(aux, p.eta, p.mu)
+        l_con = w * constraint_loss(prior_matrix(prior[rows], prior, p.tau), m)
+        sc = connection_score(prior, p.eta, p.mu)
         row_lse = arranging_row_lse(z_rows, z_cols, m, sc[rows], rows, p.alpha, p.tau)
         l_am = arranging_loss(gather_with_grad(row_lse, [2 * n] * w))  # the whole batch's value on every rank
         total = l_ssl + p.nu * l_am + p.upsilon * l_con

@@ -3,9 +3,9 @@ momentum encoder + projector gives keys k, and L = ctr(q1, k2) + ctr(q2, k1) wit
 the global batch (gathered from every rank, no gradient) at temperature tau, scaled by 2 tau.
 
 Heads as in the official ResNet code and solo-learn: projector Linear-BN-ReLU-Linear-BN (affine-free output BN,
-SimCLR's design), predictor Linear-BN-ReLU-Linear; both at the shared widths cfg.proj_hidden / cfg.proj_out (the
-paper and solo-learn's cifar/mocov3.yaml: 4096 / 256, predictor hidden 4096); cfg.predictor is ignored, MoCo v3
-always has one. The momentum networks follow the trainer's cosine schedule from cfg.momentum_base to 1, as BYOL's
+SimCLR's design), predictor Linear-BN-ReLU-Linear; both at the shared widths ctx.proj_hidden / ctx.proj_out (the
+paper and solo-learn's cifar/mocov3.yaml: 4096 / 256, predictor hidden 4096); ctx.predictor is ignored, MoCo v3
+always has one. The momentum networks follow the trainer's cosine schedule from TrainConfig.momentum_base to 1, as BYOL's
 target does (solo-learn's CIFAR config starts at 0.99: `--momentum-base 0.99`); like ReSA's teacher they use batch
 statistics. The evaluated network is the online (base) encoder, the one the paper's linear probe loads.
 
@@ -19,10 +19,10 @@ from dataclasses import dataclass
 
 import torch
 
-from ..distributed import gather_nograd, rank
+from ..distributed import gather_nograd
 from ..losses import mocov3_loss
 from ..models import build_predictor, mlp
-from .base import DataContext
+from .base import DataContext, RunContext
 from .two_view import MomentumTwoViewMethod
 
 
@@ -35,11 +35,11 @@ class MoCoV3(MomentumTwoViewMethod):
     name = "mocov3"
     Params = MoCoV3Params
 
-    def __init__(self, cfg, params: MoCoV3Params, data: DataContext):
-        super().__init__(cfg, data)
+    def __init__(self, ctx: RunContext, params: MoCoV3Params, data: DataContext):
+        super().__init__(ctx, data)
         self.params = params
-        self.projector = mlp([self.encoder.out_dim, cfg.proj_hidden, cfg.proj_out], last_bn=True)
-        self.predictor = build_predictor(cfg.proj_out, cfg.proj_hidden)
+        self.projector = mlp([self.encoder.out_dim, ctx.proj_hidden, ctx.proj_out], last_bn=True)
+        self.predictor = build_predictor(ctx.proj_out, ctx.proj_hidden)
         self.add_target()
 
     def keys(self, x: torch.Tensor) -> torch.Tensor:
@@ -47,8 +47,8 @@ class MoCoV3(MomentumTwoViewMethod):
         return gather_nograd(self.target(x))
 
     def ssl_terms(self, views):
-        z1, z2 = self.project(views["view1"]), self.project(views["view2"])
-        loss = mocov3_loss(self.predictor(z1), self.predictor(z2), self.keys(views["view1"]),
-                           self.keys(views["view2"]), offset=z1.shape[0] * rank(),
+        z1, z2 = self.project(views.images["view1"]), self.project(views.images["view2"])
+        loss = mocov3_loss(self.predictor(z1), self.predictor(z2), self.keys(views.images["view1"]),
+                           self.keys(views.images["view2"]), offset=self.ctx.offset,
                            temperature=self.params.temperature)
         return loss, z1, z2

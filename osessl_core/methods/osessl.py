@@ -12,11 +12,11 @@ import torch.nn.functional as F
 
 from ..config import ConfigError
 from ..data.exemplars import select_exemplars
-from ..distributed import gather_nograd, gather_with_grad, rank, shard_bounds, world_size
+from ..distributed import gather_nograd, gather_with_grad, shard_bounds
 from ..losses import (exemplar_prototypes, interpolation_losses, prototype_alignment_loss, prototype_dispersion_loss,
                       prototype_probabilities)
 from ..memory import MemoryBank
-from .base import DataContext, StepRandom, host_scalar
+from .base import Batch, DataContext, RunContext, StepRandom, Views, host_scalar
 from .resa import ReSA, ReSAParams
 
 
@@ -58,53 +58,58 @@ class OSESSL(ReSA):
     name = "osessl"
     Params = OSESSLParams
 
-    def __init__(self, cfg, params: OSESSLParams, data: DataContext):
-        super().__init__(cfg, params, data)
+    def __init__(self, ctx: RunContext, params: OSESSLParams, data: DataContext):
+        super().__init__(ctx, params, data)
         self.num_classes = data.num_classes
-        idx = select_exemplars(data.train_labels, data.num_classes, shots=params.shots, seed=cfg.seed)
+        idx = select_exemplars(data.train_labels, data.num_classes, shots=params.shots, seed=ctx.seed)
         self.register_buffer("exemplar_indices", idx)
-        self.register_buffer("exemplar_images", data.train_images[idx].clone())
-        self.memory = MemoryBank(params.memory_size, cfg.proj_out)
+        self.register_buffer("exemplar_images", data.read_images(idx).clone())
+        self.train_labels, self.classes = data.train_labels, data.classes  # for the exemplars.json run file
+        self.memory = MemoryBank(params.memory_size, ctx.proj_out)
 
-    def extra_state(self):
-        return {"exemplar_indices": self.exemplar_indices.tolist(), "shots": self.params.shots}
+    def run_files(self):
+        idx = self.exemplar_indices.cpu()
+        labels = self.train_labels[idx].tolist()
+        return {"exemplars.json": {"exemplar_indices": idx.tolist(), "shots": self.params.shots, "labels": labels,
+                                   "classes": [self.classes[i] for i in labels]}}
 
     @property
     def uses_mix(self) -> bool:
         p = self.params
         return p.mu != 0 and (p.use_mix_proto or p.use_mix_ins)
 
-    def make_views(self, images: torch.Tensor, rng: StepRandom, ids: torch.Tensor) -> dict[str, torch.Tensor]:
-        views = super().make_views(images, rng, ids)
+    def make_views(self, batch: Batch, rng: StepRandom) -> Views:
+        views = super().make_views(batch, rng)
         # Each rank forwards a contiguous share of the exemplars (fresh weak augmentation each step), so that
         # across ranks BN sees every exemplar exactly once, as in a single process; z_l is gathered later.
         n_ex = self.exemplar_images.shape[0]
-        lo, hi = shard_bounds(n_ex)
-        views["exemplars"] = self.weak(self.exemplar_images[lo:hi], rng.device, total=n_ex, offset=lo)
+        lo, hi = shard_bounds(n_ex, self.ctx.rank, self.ctx.world_size)
+        views.images["exemplars"] = self.weak(self.exemplar_images[lo:hi], rng.device, total=n_ex, offset=lo)
         if self.uses_mix:
-            n = images.shape[0]
+            ctx, dev = self.ctx, batch.device
             beta = float(rng.host.beta(self.params.mix_zeta, self.params.mix_zeta))
             # One permutation of the global batch (same on every rank); partners may live on other ranks.
-            perm = torch.randperm(n * world_size(), generator=rng.device, device=images.device)
-            index = torch.arange(n, device=images.device) + n * rank()
-            views["beta"] = host_scalar(beta, images.device)
-            views["index"], views["partner"] = index, perm[index]
-            strong_all = gather_nograd(views["strong"])
+            perm = torch.randperm(ctx.global_batch, generator=rng.device, device=dev)
+            index = torch.arange(batch.size, device=dev) + ctx.offset
+            beta = host_scalar(beta, dev)
+            views.draws.update(beta=beta, index=index, partner=perm[index])
+            strong_all = gather_nograd(views.images["strong"])
             # eq. 10, in normalised pixel space
-            views["mixed"] = views["beta"] * views["weak"] + (1 - views["beta"]) * strong_all[views["partner"]]
+            views.images["mixed"] = beta * views.images["weak"] + (1 - beta) * strong_all[perm[index]]
         return views
 
     def loss_terms(self, views):
         p = self.params
-        weak, strong = views["weak"], views["strong"]
+        weak, strong = views.images["weak"], views.images["strong"]
         n = weak.shape[0]
         # Exemplars share the weak view's forward (same transform, so consistent BN statistics;
         # docs/decisions.md#d-osessl-8).
-        h_cat, g_cat = self.embed(torch.cat([weak, views["exemplars"]]))
+        h_cat, g_cat = self.embed(torch.cat([weak, views.images["exemplars"]]))
         h_weak, g_weak = h_cat[:n], g_cat[:n]
         z_weak = F.normalize(g_weak, dim=1)
         n_ex = self.exemplar_images.shape[0]
-        shards = [hi - lo for lo, hi in (shard_bounds(n_ex, r) for r in range(world_size()))]
+        w = self.ctx.world_size
+        shards = [hi - lo for lo, hi in (shard_bounds(n_ex, r, w) for r in range(w))]
         z_l = gather_with_grad(F.normalize(g_cat[n:], dim=1), shards)  # all exemplars, class order
         if p.shots > 1:
             z_l = F.normalize(z_l.view(self.num_classes, p.shots, -1).mean(1), dim=1)
@@ -123,14 +128,14 @@ class OSESSL(ReSA):
         zero = l_cluster * 0.0
         l_mix_proto = l_mix_ins = zero
         if self.uses_mix:
-            _, g_mix = self.embed(views["mixed"])
+            _, g_mix = self.embed(views.images["mixed"])
             z_mix = F.normalize(g_mix, dim=1)
             p_weak = prototype_probabilities(z_weak, protos, p.tau_s)
             zm_strong_all = momentum["zm_strong_all"]  # partners' teacher targets may come from other ranks
             p_teacher = prototype_probabilities(zm_strong_all, protos.detach(), p.tau_t)
             l_mix_proto, l_mix_ins = interpolation_losses(z_mix, zm_strong_all, protos, p_weak, p_teacher,
-                                                          views["beta"], views["partner"], p.tau_s,
-                                                          index=views["index"])
+                                                          views.draws["beta"], views.draws["partner"], p.tau_s,
+                                                          index=views.draws["index"])
 
         total = ((l_cluster if p.use_cluster else zero)
                  + p.lam * ((l_align if p.use_align else zero) + (l_disp if p.use_disp else zero))
@@ -140,6 +145,6 @@ class OSESSL(ReSA):
         enqueue = zm_weak if p.memory_view == "weak" else zm_strong
         return terms, {"enqueue": enqueue}
 
-    def after_step(self, views, aux) -> None:
+    def after_step(self, views, updates) -> None:
         # MoCo order: the bank is updated after the loss, so neighbours are always historical embeddings.
-        self.memory.enqueue(aux["enqueue"])
+        self.memory.enqueue(updates["enqueue"])

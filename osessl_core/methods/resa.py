@@ -10,7 +10,7 @@ import torch
 from ..data.augment import strong_view, weak_view
 from ..distributed import gather_nograd
 from ..losses import resa_loss
-from .base import DataContext, StepRandom, TwinMethod, global_rows
+from .base import Batch, DataContext, RunContext, StepRandom, TwinMethod, Views
 
 
 @dataclass
@@ -25,15 +25,17 @@ class ReSA(TwinMethod):
     name = "resa"
     Params = ReSAParams
 
-    def __init__(self, cfg, params: ReSAParams, data: DataContext):
-        super().__init__(cfg, data)
+    def __init__(self, ctx: RunContext, params: ReSAParams, data: DataContext):
+        super().__init__(ctx, data)
         self.params = params
         self.weak = weak_view(data.image_size, data.mean, data.std)
         self.strong = strong_view(data.image_size, data.mean, data.std, blur_prob=params.blur_prob)
 
-    def make_views(self, images: torch.Tensor, rng: StepRandom, ids: torch.Tensor) -> dict[str, torch.Tensor]:
-        shard = global_rows(images.shape[0])
-        return {"weak": self.weak(images, rng.device, **shard), "strong": self.strong(images, rng.device, **shard)}
+    def view_pipelines(self):
+        return [self.weak, self.strong]
+
+    def make_views(self, batch: Batch, rng: StepRandom) -> Views:
+        return Views({"weak": batch.view(self.weak, rng.device), "strong": batch.view(self.strong, rng.device)})
 
     def cluster_terms(self, h_weak, g_weak, g_strong, weak, strong) -> dict[str, torch.Tensor]:
         """Momentum forward on both views and L_cluster against the momentum encodings of all ranks.
@@ -50,7 +52,7 @@ class ReSA(TwinMethod):
         return out
 
     def loss_terms(self, views):
-        h_weak, g_weak = self.embed(views["weak"])
-        _, g_strong = self.embed(views["strong"])
-        loss = self.cluster_terms(h_weak, g_weak, g_strong, views["weak"], views["strong"])["loss"]
+        h_weak, g_weak = self.embed(views.images["weak"])
+        _, g_strong = self.embed(views.images["strong"])
+        loss = self.cluster_terms(h_weak, g_weak, g_strong, views.images["weak"], views.images["strong"])["loss"]
         return {"loss": loss, "cluster": loss.detach()}, {}

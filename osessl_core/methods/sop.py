@@ -31,11 +31,10 @@ from torch import nn
 
 from ..data.augment import strong_view
 from ..data.masking import MASK_UNIFORMS, block_masks
-from ..distributed import rank, world_size
 from ..losses import sop_cls_term, sop_patch_term
 from ..memory import MemoryBank
-from ..models import CifarViT, build_encoder, ema_update_, momentum_copy
-from .base import DataContext, Method, StepRandom
+from ..models import CifarViT, build_encoder, momentum_copy
+from .base import Batch, DataContext, Method, RunContext, StepRandom, Views
 
 
 @dataclass
@@ -97,52 +96,54 @@ class SOP(Method):
     name = "sop"
     Params = SOPParams
 
-    def __init__(self, cfg, params: SOPParams, data: DataContext):
+    def __init__(self, ctx: RunContext, params: SOPParams, data: DataContext):
         super().__init__()
         p = self.params = params
-        self.encoder = build_encoder(cfg.arch, cfg.width, cfg.zero_pad, image_size=data.image_size,
-                                     vit_depth=p.vit_depth)
+        self.ctx = ctx
+        self.encoder = build_encoder(ctx.arch, ctx.width, ctx.zero_pad, image_size=ctx.image_size,
+                                     vit_depth=p.vit_depth, stem=ctx.stem)
         vit = isinstance(self.encoder, CifarViT)
         self.lambda_patch = (1.0 if vit else 0.0) if p.lambda_patch is None else p.lambda_patch
         if self.lambda_patch and not vit:
             raise ValueError(f"SOP-MIM (lambda_patch={self.lambda_patch}) needs patch tokens: use a ViT arch "
-                             f"or lambda_patch=0 with {cfg.arch!r}")
+                             f"or lambda_patch=0 with {ctx.arch!r}")
         self.mim = self.lambda_patch > 0
         if vit and not self.mim:  # never used, so frozen: DDP needs a gradient for every trainable parameter
             self.encoder.mask_token.requires_grad_(False)
-        self.head = sop_head(self.encoder.out_dim, cfg.proj_hidden, cfg.proj_out, p.head_bn)
+        self.head = sop_head(self.encoder.out_dim, ctx.proj_hidden, ctx.proj_out, p.head_bn)
         self.teacher_encoder = momentum_copy(self.encoder)
         self.teacher_head = momentum_copy(self.head)
         self.num_anchors = _anchor_count(p.anchors, p.memory_size, p.k, "memory_size")
-        self.memory = random_unit_memory(p.memory_size, cfg.proj_out)
+        self.memory = random_unit_memory(p.memory_size, ctx.proj_out)
         if self.mim:
             self.num_patch_anchors = _anchor_count(p.patch_anchors, p.patch_memory_size, 0, "patch_memory_size")
-            self.patch_memory = random_unit_memory(p.patch_memory_size, cfg.proj_out)
+            self.patch_memory = random_unit_memory(p.patch_memory_size, ctx.proj_out)
         self.view = strong_view(data.image_size, data.mean, data.std, blur_prob=p.blur_prob)
 
-    def make_views(self, images: torch.Tensor, rng: StepRandom, ids: torch.Tensor) -> dict[str, torch.Tensor]:
+    def view_pipelines(self):
+        return [self.view, self.view]
+
+    def make_views(self, batch: Batch, rng: StepRandom) -> Views:
         # Per-sample randomness is drawn for the global batch and this rank's rows kept (see ReSA); anchor
         # permutations are global, so every rank builds the same SOPs from its identical memory.
-        p, n, dev, g = self.params, images.shape[0], images.device, rng.device
-        total, offset = n * world_size(), n * rank()
-        rows = slice(offset, offset + n)
+        p, dev, g = self.params, batch.device, rng.device
+        total, rows = self.ctx.global_batch, slice(self.ctx.offset, self.ctx.offset + batch.size)
 
         def permutations(size: int, tasks: int) -> torch.Tensor:  # one row per task; its first K entries: anchors
             return torch.stack([torch.randperm(size, generator=g, device=dev) for _ in range(tasks)])
 
-        views = {"global": torch.cat([self.view(images, g, total=total, offset=offset) for _ in range(2)]),
-                 "anchors": permutations(p.memory_size, p.num_tasks)}
+        views = Views({"global": torch.cat([batch.view(self.view, g) for _ in range(2)])},
+                      {"anchors": permutations(p.memory_size, p.num_tasks)})
         if self.mim:
             # The masks themselves are computed in loss_terms (compiled) from these uniforms; rows view-major.
-            views["mask_u"] = torch.cat([torch.rand(total, MASK_UNIFORMS, generator=g, device=dev)[rows]
+            views.draws["mask_u"] = torch.cat([torch.rand(total, MASK_UNIFORMS, generator=g, device=dev)[rows]
                                          for _ in range(2)])
-            views["patch_anchors"] = permutations(p.patch_memory_size, p.patch_tasks)
-            views["patch_pos"] = torch.randint(self.encoder.grid ** 2, (total,), generator=g, device=dev)[rows]
+            views.draws["patch_anchors"] = permutations(p.patch_memory_size, p.patch_tasks)
+            views.draws["patch_pos"] = torch.randint(self.encoder.grid ** 2, (total,), generator=g, device=dev)[rows]
         return views
 
-    def momentum_update(self, m: float) -> None:
-        ema_update_(self.teacher_encoder, self.encoder, m)
-        ema_update_(self.teacher_head, self.head, m)
+    def momentum_pairs(self):
+        return [(self.encoder, self.teacher_encoder), (self.head, self.teacher_head)]
 
     def _embed(self, encoder: nn.Module, head: nn.Module, x: torch.Tensor, mask: torch.Tensor | None = None):
         """Normalised head outputs: [CLS] (N x d) and, with MIM, the patch tokens (N x L x d)."""
@@ -154,32 +155,32 @@ class SOP(Method):
 
     def loss_terms(self, views):
         p = self.params
-        x = views["global"]
+        x = views.images["global"]
         n = x.shape[0] // 2
-        mask = block_masks(views["mask_u"], self.encoder.grid, p.pred_ratio) if self.mim else None
+        mask = block_masks(views.draws["mask_u"], self.encoder.grid, p.pred_ratio) if self.mim else None
         s_cls, s_patch = self._embed(self.encoder, self.head, x, mask)
         with torch.no_grad():  # the teacher sees both views unmasked
             t_cls, t_patch = self._embed(self.teacher_encoder, self.teacher_head, x)
-        l_cls = sop_cls_term(s_cls.view(2, n, -1), t_cls.view(2, n, -1), self.memory.bank, views["anchors"],
+        l_cls = sop_cls_term(s_cls.view(2, n, -1), t_cls.view(2, n, -1), self.memory.bank, views.draws["anchors"],
                              self.num_anchors, p.k, p.smoothing, p.tau_s, p.tau_t)
         terms = {"cls": l_cls.detach()}
-        aux = {"cls": t_cls[n:]}
+        updates = {"cls": t_cls[n:]}
         loss = p.lambda_cls * l_cls
         if self.mim:
             L = s_patch.shape[1]
             l_patch = sop_patch_term(s_patch.view(2, n, L, -1), t_patch.view(2, n, L, -1), mask.view(2, n, L),
-                                     self.patch_memory.bank, views["patch_anchors"], self.num_patch_anchors,
+                                     self.patch_memory.bank, views.draws["patch_anchors"], self.num_patch_anchors,
                                      p.smoothing, p.tau_s, p.tau_t)
             loss = loss + self.lambda_patch * l_patch
             terms["patch"] = l_patch.detach()
-            aux["patch"] = t_patch[n:][torch.arange(n, device=x.device), views["patch_pos"]]
-        return {"loss": loss, **terms}, aux
+            updates["patch"] = t_patch[n:][torch.arange(n, device=x.device), views.draws["patch_pos"]]
+        return {"loss": loss, **terms}, updates
 
-    def after_step(self, views, aux) -> None:
+    def after_step(self, views, updates) -> None:
         # The memories never contain the current batch when its loss is computed (the code enqueues after the loss).
-        self.memory.enqueue(aux["cls"])
+        self.memory.enqueue(updates["cls"])
         if self.mim:
-            self.patch_memory.enqueue(aux["patch"])
+            self.patch_memory.enqueue(updates["patch"])
 
     def eval_encoder(self) -> nn.Module:
         # The teacher, as in DINO/iBOT/SOP evaluation and the project's momentum-encoder protocol.

@@ -22,7 +22,7 @@ Deviations, shared by every rival here: the trainer's SGD (lr 0.3 x B/256, momen
 warm-up + cosine) instead of solo-learn's LARS (lr 0.6, wd 1e-6, eta 0.02) and the project's strong augmentation
 for both views instead of solo-learn's symmetric pipeline (jitter 0.8/0.8/0.8/0.2, blur 0.5); two crops, no
 multi-crop (solo-learn's CIFAR config has none either). The head is Linear-BN-ReLU-Linear (the paper's and
-solo-learn's) with the shared widths cfg.proj_hidden / cfg.proj_out (solo-learn: 2048 / 128). Each view is its own
+solo-learn's) with the shared widths ctx.proj_hidden / ctx.proj_out (solo-learn: 2048 / 128). Each view is its own
 forward, so BN sees one view's batch. The evaluated network is the encoder e (the one the paper keeps).
 """
 from __future__ import annotations
@@ -37,7 +37,7 @@ from ..distributed import rank, world_size
 from ..losses import swav_loss
 from ..losses.common import upcast
 from ..memory import MemoryBank
-from .base import DataContext
+from .base import DataContext, RunContext
 from .two_view import TwoViewMethod
 
 
@@ -56,21 +56,21 @@ class SwAV(TwoViewMethod):
     name = "swav"
     Params = SwAVParams
 
-    def __init__(self, cfg, params: SwAVParams, data: DataContext):
-        super().__init__(cfg, data)
+    def __init__(self, ctx: RunContext, params: SwAVParams, data: DataContext):
+        super().__init__(ctx, data)
         self.params = p = params
-        self.global_batch = cfg.batch_size * world_size()
+        self.global_batch = ctx.global_batch
         if p.num_prototypes < 1 or p.temperature <= 0 or p.sinkhorn_eps <= 0 or p.sinkhorn_iters < 1:
             raise ValueError("num_prototypes and sinkhorn_iters must be >= 1, temperature and sinkhorn_eps > 0")
         if p.queue_size < 0 or p.queue_start_epoch < 0 or p.freeze_prototypes_epochs < 0:
             raise ValueError("queue_size, queue_start_epoch and freeze_prototypes_epochs must be >= 0")
-        if p.queue_size and (p.queue_size < self.global_batch or p.queue_size % world_size()):
+        if p.queue_size and (p.queue_size < self.global_batch or p.queue_size % ctx.world_size):
             raise ValueError(f"queue_size={p.queue_size} must hold the global batch ({self.global_batch}, enqueued "
-                             f"whole) and split evenly over the {world_size()} ranks")
-        self.prototypes = nn.Linear(cfg.proj_out, p.num_prototypes, bias=False)
+                             f"whole) and split evenly over the {ctx.world_size} ranks")
+        self.prototypes = nn.Linear(ctx.proj_out, p.num_prototypes, bias=False)
         if p.queue_size:
-            self.queue1 = MemoryBank(p.queue_size, cfg.proj_out)
-            self.queue2 = MemoryBank(p.queue_size, cfg.proj_out)
+            self.queue1 = MemoryBank(p.queue_size, ctx.proj_out)
+            self.queue2 = MemoryBank(p.queue_size, ctx.proj_out)
         # Step-dependent, set by begin_step: the prototypes' gradient gate (derived: not saved) and the queue flag.
         self.register_buffer("prototype_grad", torch.zeros(()), persistent=False)
         self.use_queue = False
@@ -97,18 +97,18 @@ class SwAV(TwoViewMethod):
 
     def loss_terms(self, views):
         p = self.params
-        z1, z2 = self.embed(views["view1"]), self.embed(views["view2"])
+        z1, z2 = self.embed(views.images["view1"]), self.embed(views.images["view2"])
         c = self.prototypes.weight
         c = c.detach() + self.prototype_grad * (c - c.detach())   # value c; gradient gated
         q1 = q2 = None
         if self.use_queue:
-            shard = p.queue_size // world_size()
-            rows = slice(rank() * shard, (rank() + 1) * shard)
+            shard = p.queue_size // self.ctx.world_size
+            rows = slice(self.ctx.rank * shard, (self.ctx.rank + 1) * shard)
             q1, q2 = self.queue1.bank[rows], self.queue2.bank[rows]
         loss = swav_loss(z1, z2, c, q1, q2, temperature=p.temperature, eps=p.sinkhorn_eps, iters=p.sinkhorn_iters)
         return {"loss": loss, "swav": loss.detach()}, {"z1": z1.detach(), "z2": z2.detach()}
 
-    def after_step(self, views, aux) -> None:
+    def after_step(self, views, updates) -> None:
         if self.params.queue_size:
-            self.queue1.enqueue(aux["z1"])
-            self.queue2.enqueue(aux["z2"])
+            self.queue1.enqueue(updates["z1"])
+            self.queue2.enqueue(updates["z2"])

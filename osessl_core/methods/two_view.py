@@ -5,39 +5,46 @@ import torch
 from torch import nn
 
 from ..data.augment import strong_view
-from ..distributed import gather_with_grad, world_size
-from ..models import build_encoder, ema_update_, mlp, momentum_copy
-from .base import DataContext, Method, StepRandom, global_rows
+from ..distributed import gather_with_grad
+from ..models import mlp, momentum_copy
+from .base import Batch, DataContext, Method, RunContext, StepRandom, Views
+
+
+def paired_views(batch: Batch, augment, rng: StepRandom) -> Views:
+    """Two views of every image from one pipeline, with independent draws ("view1", "view2")."""
+    return Views({"view1": batch.view(augment, rng.device), "view2": batch.view(augment, rng.device)})
 
 
 class TwoViewMethod(Method):
-    """Encoder e and projector g = Linear-BN-ReLU-Linear (SimCLR's and BYOL's head; cfg.proj_hidden, cfg.proj_out).
+    """Encoder e and projector g = Linear-BN-ReLU-Linear (SimCLR's and BYOL's head; ctx.proj_hidden, ctx.proj_out).
 
     Both views come from the project's strong pipeline (the same augmentation for every rival) with independent
     parameters. Subclasses implement `ssl_terms`; the evaluated network is the online encoder e (the one both
     papers keep after training)."""
 
-    def __init__(self, cfg, data: DataContext):
+    def __init__(self, ctx: RunContext, data: DataContext):
         super().__init__()
-        self.encoder = build_encoder(cfg.arch, cfg.width, cfg.zero_pad)
-        self.projector = mlp([self.encoder.out_dim, cfg.proj_hidden, cfg.proj_out], last_bn=False)
+        self.ctx = ctx
+        self.encoder = ctx.encoder()
+        self.projector = mlp([self.encoder.out_dim, ctx.proj_hidden, ctx.proj_out], last_bn=False)
         self.augment = strong_view(data.image_size, data.mean, data.std)
 
-    def make_views(self, images: torch.Tensor, rng: StepRandom, ids: torch.Tensor) -> dict[str, torch.Tensor]:
-        shard = global_rows(images.shape[0])
-        return {"view1": self.augment(images, rng.device, **shard), "view2": self.augment(images, rng.device, **shard)}
+    def view_pipelines(self):
+        return [self.augment, self.augment]
+
+    def make_views(self, batch: Batch, rng: StepRandom) -> Views:
+        return paired_views(batch, self.augment, rng)
 
     def project(self, x: torch.Tensor) -> torch.Tensor:
         """g(e(x)), unnormalised; each view is its own forward, so BN sees one view's batch (as in ReSA)."""
         return self.projector(self.encoder(x))
 
-    @staticmethod
-    def gather_views(*parts: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def gather_views(self, *parts: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Each tensor gathered over the ranks (rank order) with gradients flowing back to their rank; the shards
         are equal, so no size exchange (and no host sync) is needed."""
-        return tuple(gather_with_grad(t, [t.shape[0]] * world_size()) for t in parts)
+        return tuple(gather_with_grad(t, [t.shape[0]] * self.ctx.world_size) for t in parts)
 
-    def ssl_terms(self, views: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def ssl_terms(self, views: Views) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(L_ssl, z1, z2): the method's loss and the projector outputs of the two views, on which DSA acts."""
         raise NotImplementedError
 
@@ -60,9 +67,8 @@ class MomentumTwoViewMethod(TwoViewMethod):
         self.momentum_encoder = momentum_copy(self.encoder)
         self.momentum_projector = momentum_copy(self.projector)
 
-    def momentum_update(self, m: float) -> None:
-        ema_update_(self.momentum_encoder, self.encoder, m)
-        ema_update_(self.momentum_projector, self.projector, m)
+    def momentum_pairs(self):
+        return [(self.encoder, self.momentum_encoder), (self.projector, self.momentum_projector)]
 
     @torch.no_grad()
     def target(self, x: torch.Tensor) -> torch.Tensor:

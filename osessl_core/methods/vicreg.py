@@ -6,7 +6,7 @@ The variance and covariance terms are over the global batch: the embeddings are 
 gradient (as lightly's gather_distributed does), so N ranks give the 1-process loss; the invariance term is per
 sample. Following the paper's eq. 6 (and solo-learn), the two branches' variance terms are summed; the official
 code and lightly halve that sum. Expander: the paper's 3-layer MLP, Linear-BN-ReLU x 2 then Linear, at the shared
-widths cfg.proj_hidden / cfg.proj_out (paper: 8192 x 3; solo-learn's cifar/vicreg.yaml: 2048 x 3). The evaluated
+widths ctx.proj_hidden / ctx.proj_out (paper: 8192 x 3; solo-learn's cifar/vicreg.yaml: 2048 x 3). The evaluated
 network is the encoder (the one the paper keeps). The three unweighted terms are logged as inv, var and cov.
 
 The loss is scaled by `scale_loss` = 1/25 (`-m scale_loss=1` is the paper's loss). Under the shared SGD the
@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 from ..losses import vicreg_terms
 from ..models import mlp
-from .base import DataContext
+from .base import DataContext, RunContext
 from .two_view import TwoViewMethod
 
 
@@ -43,13 +43,13 @@ class VICReg(TwoViewMethod):
     name = "vicreg"
     Params = VICRegParams
 
-    def __init__(self, cfg, params: VICRegParams, data: DataContext):
-        super().__init__(cfg, data)
+    def __init__(self, ctx: RunContext, params: VICRegParams, data: DataContext):
+        super().__init__(ctx, data)
         self.params = params
-        self.projector = mlp([self.encoder.out_dim, cfg.proj_hidden, cfg.proj_hidden, cfg.proj_out], last_bn=False)
+        self.projector = mlp([self.encoder.out_dim, ctx.proj_hidden, ctx.proj_hidden, ctx.proj_out], last_bn=False)
 
     def terms(self, views):
-        z1, z2 = self.project(views["view1"]), self.project(views["view2"])
+        z1, z2 = self.project(views.images["view1"]), self.project(views.images["view2"])
         t = vicreg_terms(z1, z2, *self.gather_views(z1, z2))
         p = self.params
         loss = p.sim_weight * t["inv"] + p.var_weight * t["var"] + p.cov_weight * t["cov"]

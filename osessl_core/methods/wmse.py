@@ -21,7 +21,7 @@ the gradient (the official norm_mse_loss; solo-learn's default "simplified" loss
 Deviations, shared by every rival here: the trainer's SGD (lr 0.3 x B/256, momentum 0.9, wd 1e-4, warm-up +
 cosine) instead of Adam (lr 3e-3 official / 2e-3 solo-learn, wd 1e-6), and the project's strong augmentation for
 both views instead of W-MSE's (crop scale 0.2-1, jitter 0.4/0.4/0.4/0.1, grayscale 0.1). The head's hidden width is
-the shared cfg.proj_hidden (the paper: 1024); its output is `embedding_dim`, not cfg.proj_out, because the
+the shared ctx.proj_hidden (the paper: 1024); its output is `embedding_dim`, not ctx.proj_out, because the
 whitened dimension must stay below the sub-batch size (the shared 512 > 128). Each view is its own forward, so BN
 sees one view's batch (the official code concatenates the views). The evaluated network is the encoder e.
 """
@@ -36,7 +36,7 @@ import torch
 from ..distributed import world_size
 from ..losses import wmse_loss
 from ..losses.common import upcast
-from .base import DataContext, StepRandom
+from .base import Batch, DataContext, RunContext, StepRandom, Views
 from .two_view import TwoViewMethod
 
 
@@ -58,29 +58,29 @@ class WMSE(TwoViewMethod):
     name = "wmse"
     Params = WMSEParams
 
-    def __init__(self, cfg, params: WMSEParams, data: DataContext):
+    def __init__(self, ctx: RunContext, params: WMSEParams, data: DataContext):
         p = params
         if p.embedding_dim < 1 or p.w_size < 2 or p.w_iter < 1 or not 0 <= p.eps < 1:
             raise ValueError("W-MSE needs embedding_dim >= 1, w_size >= 2, w_iter >= 1 and 0 <= eps < 1")
-        batch = cfg.batch_size * world_size()
+        batch = ctx.global_batch
         w, d = effective_sizes(p, batch)
         if batch % w:
             raise ValueError(f"the global batch ({batch}) must be a multiple of w_size={w}")
         if (w, d) != (p.w_size, p.embedding_dim):
             warnings.warn(f"W-MSE: global batch {batch}: whitening in sub-batches of {w} (w_size={p.w_size}) with "
                           f"embedding_dim {d} (asked {p.embedding_dim}; at most half the sub-batch)")
-        super().__init__(dataclasses.replace(cfg, proj_out=d), data)  # the head ends in the whitened dimension
+        super().__init__(dataclasses.replace(ctx, proj_out=d), data)  # the head ends in the whitened dimension
         self.params, self.global_batch, self.w_size, self.embedding_dim = p, batch, w, d
 
-    def make_views(self, images: torch.Tensor, rng: StepRandom, ids: torch.Tensor) -> dict[str, torch.Tensor]:
-        views = super().make_views(images, rng, ids)
+    def make_views(self, batch: Batch, rng: StepRandom) -> Views:
+        views = super().make_views(batch, rng)
         # The sub-batch split of the global batch, from the shared generator: the same on every rank.
-        views["perms"] = torch.stack([torch.randperm(self.global_batch, generator=rng.device, device=images.device)
-                                      for _ in range(self.params.w_iter)])
+        views.draws["perms"] = torch.stack([torch.randperm(self.global_batch, generator=rng.device, device=batch.device)
+                                            for _ in range(self.params.w_iter)])
         return views
 
     def loss_terms(self, views):
-        z1, z2 = upcast(self.project(views["view1"])), upcast(self.project(views["view2"]))
-        loss = wmse_loss(*self.gather_views(z1, z2), views["perms"], self.w_size,
+        z1, z2 = upcast(self.project(views.images["view1"])), upcast(self.project(views.images["view2"]))
+        loss = wmse_loss(*self.gather_views(z1, z2), views.draws["perms"], self.w_size,
                          self.params.eps)
         return {"loss": loss, "wmse": loss.detach()}, {}
