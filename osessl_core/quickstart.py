@@ -15,7 +15,8 @@ from .config import TrainConfig
 from .engine import train
 from .files import atomic_write_json
 from .engine.evaluate import eval_normalization
-from .provenance import REPO_ROOT, provenance
+from .paths import default_data_root
+from .provenance import provenance
 
 GPU_BUDGET = dict(epochs=50, batch_size=256, width=64, subset=None, eval_test_subset=None, embed_points=5000)
 CPU_BUDGET = dict(epochs=3, batch_size=128, width=16, subset=4000, eval_test_subset=2000, embed_points=1500,
@@ -27,22 +28,27 @@ CPU_BUDGET = dict(epochs=3, batch_size=128, width=16, subset=4000, eval_test_sub
 CPU_EXPECTED = "It takes about 4 minutes on an idle 2-core CPU (longer on a busy one)."
 
 
-def budget_for(device: str) -> tuple[torch.device, dict]:
+def budget_for(device: str, budget: dict | None = None) -> tuple[torch.device, dict]:
+    """The device and a copy of the budget to run with: `budget` if given, else the GPU or CPU one."""
     from .engine.trainer import resolve_device
     dev = resolve_device(device)
-    return dev, dict(GPU_BUDGET if dev.type == "cuda" else CPU_BUDGET)
+    if budget is None:
+        budget = GPU_BUDGET if dev.type == "cuda" else CPU_BUDGET
+    return dev, dict(budget)
 
 
 def run_quickstart(out_dir="results/quickstart", data_root=None, device="auto", epochs=None, methods=("resa", "osessl"),
-                   progress=True) -> dict:
+                   progress=True, budget: dict | None = None) -> dict:
+    """Train `methods`, evaluate them and draw their embeddings. `budget` (the keys of CPU_BUDGET) replaces the
+    device's default budget, e.g. the notebooks' smoke budget; `epochs` overrides its epochs."""
     from .eval import embed_2d, extract_features, plot_embeddings
     t_start = time.perf_counter()
     out = Path(out_dir)
-    dev, budget = budget_for(device)
+    dev, budget = budget_for(device, budget)
     if epochs is not None:
         budget["epochs"] = epochs
     embed_points = budget.pop("embed_points")
-    data_root = str(data_root or (REPO_ROOT.parent / "shared" / "data"))
+    data_root = str(data_root or default_data_root())
     summary = {"budget": budget, "device": str(dev), "methods": {}}
     if dev.type != "cuda" and budget == {k: v for k, v in CPU_BUDGET.items() if k != "embed_points"}:
         print(f"No CUDA GPU: the scaled-down CPU budget ({budget['epochs']} epochs of {budget['subset']} images, "

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from .eval.curves import plot_metrics
-from .experiments import paper_row
+from .experiments.paper import paper_row
 
 ACCURACY = ("knn_top1", "linear_top1")
 PAPER_EPOCHS = 1000  # Table 1's CIFAR budget (OSESSL paper, section 5 and Table 1's caption)

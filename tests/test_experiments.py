@@ -2,6 +2,8 @@
 import csv
 import json
 import math
+import re
+from dataclasses import replace
 
 import pytest
 import torch
@@ -9,6 +11,7 @@ import torch
 from osessl_core import experiments as ex
 from osessl_core.config import TrainConfig
 from osessl_core.data import ImageDataset, load_dataset
+from osessl_core.data.exemplars import labelled_fraction
 from osessl_core.engine import TrainResult
 from osessl_core.provenance import REPO_ROOT
 
@@ -38,7 +41,7 @@ def test_config_key_ignores_execution_fields():
     assert ex.config_key(TrainConfig(**{**cfg.to_dict(), "width": 16})) != key
     assert ex.config_key(TrainConfig(**{**cfg.to_dict(), "method_args": {"k": 2}})) != key
     folder = TrainConfig(**{**cfg.to_dict(), "dataset": "imagefolder"})
-    assert ex.config_key(folder) != ex.config_key(ex.replace(folder, data_root="/other"))  # the folder is the data
+    assert ex.config_key(folder) != ex.config_key(replace(folder, data_root="/other"))  # the folder is the data
     d = ex.run_dir_for(cfg, "/tmp/runs", "cifar10-k=2 a/b")
     assert d.parent.as_posix() == "/tmp/runs" and d.name == f"cifar10-k=2_a_b-{key}"
 
@@ -46,7 +49,7 @@ def test_config_key_ignores_execution_fields():
 def test_resolve_path_is_relative_to_the_repo():
     assert ex.resolve_path("results/x") == REPO_ROOT / "results" / "x"
     assert ex.resolve_path("/abs/x").as_posix() == "/abs/x"
-    assert ex.DEFAULT_DATA_ROOT == REPO_ROOT.parent / "shared" / "data"
+    assert ex.default_data_root() == REPO_ROOT.parent / "shared" / "data"
 
 
 # ---------------------------------------------------------------------------------------------- result files
@@ -87,6 +90,56 @@ def test_paper_numbers_and_differences():
         ex.PAPER["table15"]["cifar10"])
 
 
+# What the notebooks and report.py read before the numbers moved out of code into paper_numbers.json.
+PAPER_DIGEST = "f190570f249cbbebf625a66db94bf8297803570768c5019922d7578ec77405ef"  # sha256 of the sorted JSON
+PAPER_COUNTS = {"table1": 78, "table6": 12, "table7": 16, "table8": 16, "table9": 20, "table14": 28, "table15": 24,
+                "table16": 32, "table17": 8, "table4": 8, "table5": 30}
+
+
+def test_paper_numbers_file_places_every_number():
+    import hashlib
+    entries = ex.paper_numbers()
+    for e in entries:  # every number says where in the paper it comes from
+        assert set(e) == {"table", "dataset", "row", "column", "value"}, e
+        assert all(isinstance(e[k], str) and e[k] for k in ("table", "dataset", "row", "column")), e
+        assert isinstance(e["value"], (int, float)) and not isinstance(e["value"], bool), e
+    places = [(e["table"], e["dataset"], e["row"], e["column"]) for e in entries]
+    assert len(set(places)) == len(places)  # no number given twice
+    raw = json.loads(ex.paper.PAPER_NUMBERS.read_text())
+    assert set(raw["tables"]) == {e["table"] for e in entries}  # each table has its note (setup, units)
+    # The same numbers, in the same order, as the dict that was in code.
+    assert {t: sum(len(r) for ds in d.values() for r in ds.values()) for t, d in ex.PAPER.items()} == PAPER_COUNTS
+    assert hashlib.sha256(json.dumps(ex.PAPER, sort_keys=True).encode()).hexdigest() == PAPER_DIGEST
+    assert list(ex.PAPER) == list(PAPER_COUNTS)
+    assert ex.paper_methods("table14") == ["simclr", "swav", "mocov3", "dino", "vicreg", "resa", "osessl"]
+    assert ex.paper_methods("table17") == ["mocov3", "dino", "resa", "osessl"]
+
+
+def test_paper_row_returns_what_the_notebooks_used():
+    assert ex.paper_row("table1", "cifar10", "resa") == {"linear_top1": 93.53, "knn_top1": 93.02}
+    assert ex.paper_row("table1", "cifar100", "osessl") == {"linear_top1": 75.47, "knn_top1": 69.89}
+    assert ex.paper_row("table1", "imagenet100", "intl") == {"linear_top1": 81.68, "knn_top1": 73.46}
+    assert ex.paper_row("table17", "imagenet1k", "resa") == {"memory_gb": 14.8, "hours_per_epoch": 0.36}
+    assert ex.paper_row("table4", "imagenet1k", "osessl") == {"top1_1pct": 61.3, "top1_10pct": 72.5,
+                                                              "top5_1pct": 84.8, "top5_10pct": 91.0}
+    assert ex.paper_row("table5", "flowers102", "resa") == {"knn5_top1": 84.4, "knn10_top1": 83.6,
+                                                            "knn20_top1": 83.6}
+    assert ex.paper_row("table14", "cifar100", "resa") == {"fine_linear_top1": 72.2, "fine_knn_top1": 66.8,
+                                                           "coarse_linear_top1": 79.8, "coarse_knn_top1": 78.8}
+    assert ex.paper_row("table16", "cifar100", "tau_t=0.4") == {"linear_top1": 74.5, "knn_top1": 68.4}
+    assert ex.paper_row("table9", "cifar10", "seed=3") == {"linear_top1": 95.1, "knn_top1": 93.7}
+    assert ex.paper_row("table1", "cifar10", "nosuch") is None and ex.paper_row("table99", "x", "y") is None
+    ex.paper_row("table1", "cifar10", "resa")["linear_top1"] = 0.0  # a copy: the caller cannot change the paper
+    assert ex.PAPER["table1"]["cifar10"]["resa"]["linear_top1"] == 93.53
+
+
+def test_paper_numbers_rejects_an_unplaced_number(tmp_path):
+    bad = tmp_path / "paper.json"
+    bad.write_text(json.dumps({"numbers": [{"table": "table1", "dataset": "cifar10", "row": "resa", "value": 1.0}]}))
+    with pytest.raises(ValueError, match="column"):
+        ex.paper_numbers(bad)
+
+
 def test_load_bench_reads_rows_and_skips_bad_files(tmp_path):
     assert ex.load_bench(tmp_path / "missing") == []
     (tmp_path / "a.json").write_text(json.dumps({"rows": [{"method": "resa", "images_per_s": 1.0}]}))
@@ -100,13 +153,13 @@ def test_load_bench_reads_rows_and_skips_bad_files(tmp_path):
 
 def test_labelled_fraction_is_class_balanced_and_seeded():
     labels = torch.arange(10).repeat_interleave(30)
-    idx = ex.labelled_fraction(labels, 0.1, seed=1)
+    idx = labelled_fraction(labels, 0.1, seed=1)
     assert torch.bincount(labels[idx]).tolist() == [3] * 10
-    assert torch.equal(idx, ex.labelled_fraction(labels, 0.1, seed=1))
-    assert not torch.equal(idx, ex.labelled_fraction(labels, 0.1, seed=2))
-    assert torch.bincount(labels[ex.labelled_fraction(labels, 0.001)]).tolist() == [1] * 10  # at least one
+    assert torch.equal(idx, labelled_fraction(labels, 0.1, seed=1))
+    assert not torch.equal(idx, labelled_fraction(labels, 0.1, seed=2))
+    assert torch.bincount(labels[labelled_fraction(labels, 0.001)]).tolist() == [1] * 10  # at least one
     with pytest.raises(ValueError):
-        ex.labelled_fraction(labels, 0.0)
+        labelled_fraction(labels, 0.0)
 
 
 def test_random_pool_excludes_and_is_seeded():
@@ -114,6 +167,64 @@ def test_random_pool_excludes_and_is_seeded():
     assert len(pool) == 50 and len(set(pool.tolist())) == 50
     assert not {0, 5, 7} & set(pool.tolist())
     assert torch.equal(pool, ex.random_pool(100, 50, exclude=[0, 5, 7], seed=0))
+
+
+class _Head:
+    """A method stand-in: only the public eval_encoder() / eval_projector() are used."""
+
+    def __init__(self, projector):
+        self.encoder, self.projector = torch.nn.Flatten(), projector
+
+    def eval_encoder(self):
+        return self.encoder
+
+    def eval_projector(self):
+        return self.projector
+
+
+def test_projector_hidden_finds_layers_by_type_not_position():
+    from torch import nn
+    from osessl_core.models.heads import build_projector
+    resa = build_projector(8, 16, 4)  # Linear-BN-ReLU x2, Linear-BN
+    first = ex.projector_hidden(_Head(resa))
+    assert [type(m) for m in first] == [nn.Linear, nn.BatchNorm1d, nn.ReLU] and first[0] is resa[0]
+    assert len(ex.projector_hidden(_Head(resa), 2)) == 6 and len(ex.projector_hidden(_Head(resa), 0)) == 0
+    # Another layout: no norm, GELU, the blocks nested in their own Sequentials (DINO without BN, say).
+    nested = nn.Sequential(nn.Sequential(nn.Linear(8, 16), nn.GELU()), nn.Sequential(nn.Linear(16, 16), nn.GELU()),
+                           nn.Linear(16, 4))
+    assert [type(m) for m in ex.projector_hidden(_Head(nested))] == [nn.Linear, nn.GELU]
+    net = ex.eval_network(_Head(nested), ex.projector_hidden(_Head(nested), 2))
+    assert net(torch.zeros(3, 2, 4)).shape == (3, 16)
+    with pytest.raises(ValueError, match="has 2 hidden layer"):
+        ex.projector_hidden(_Head(nested), 3)
+    with pytest.raises(ValueError, match="has 0 hidden layer"):
+        ex.projector_hidden(_Head(nn.Sequential(nn.Linear(8, 4))))
+    with pytest.raises(TypeError, match="not an nn.Sequential"):
+        ex.projector_hidden(_Head(nn.Linear(8, 4)))
+
+
+# Engine internals and method attributes that notebooks must not reach (experiments has public helpers for them).
+NOTEBOOK_IMPORTS = re.compile(r"^\s*(?:from\s+(\S+)\s+import\s+(.+)|import\s+(\S+))", re.M)
+ALLOWED_OSESSL = {"osessl_core.eval", "osessl_core.report"}
+
+
+def test_notebooks_use_only_the_public_experiments_eval_and_report_api():
+    import nbformat
+    for path in sorted((REPO_ROOT / "notebooks").glob("*.ipynb")):
+        code = "\n".join(c.source for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code")
+        for frm, names, imp in NOTEBOOK_IMPORTS.findall(code):
+            module = frm or imp
+            if not module.startswith("osessl_core"):
+                continue
+            if module == "osessl_core":
+                assert {n.strip() for n in names.split(",")} <= {"experiments as ex", "report"}, (path.name, names)
+            else:
+                assert module in ALLOWED_OSESSL, f"{path.name} imports {module}"
+        unknown = sorted(set(re.findall(r"\bex\.(\w+)", code)) - set(ex.__all__))
+        assert not unknown, f"{path.name} uses ex.{unknown}, not in experiments.__all__"
+        reach = [f"{o}.{a}" for o, a in re.findall(
+            r"(\w+)\.(momentum_projector|momentum_encoder|exemplar_images|exemplar_indices|memory)\b", code) if o != "ex"]
+        assert not reach, f"{path.name} reaches into a method: {reach}"
 
 
 def _dataset(labels, classes, coarse=None, coarse_classes=None):
@@ -138,12 +249,20 @@ def test_coarse_view_groups_and_native_coarse_labels():
         ex.coarse_view(ds)
 
 
-def test_quickstart_budget_restores():
+def test_quickstart_budget_is_passed_not_swapped(tmp_path, monkeypatch):
+    """The quickstart notebook hands its smoke budget to run_quickstart; the module's CPU budget is never changed."""
     from osessl_core import quickstart
     before = dict(quickstart.CPU_BUDGET)
-    with ex.quickstart_budget(ex.SMOKE_QUICKSTART):
-        assert quickstart.CPU_BUDGET == ex.SMOKE_QUICKSTART
-    assert quickstart.CPU_BUDGET == before
+    dev, budget = quickstart.budget_for("cpu", ex.SMOKE_QUICKSTART)
+    assert budget == ex.SMOKE_QUICKSTART and budget is not ex.SMOKE_QUICKSTART  # a copy: run_quickstart pops keys
+    assert quickstart.budget_for("cpu")[1] == before
+    calls = []
+    monkeypatch.setattr(quickstart, "run_quickstart", lambda **kw: calls.append(kw) or {"methods": {}})
+    for smoke in (True, False):
+        ex.quickstart(ex.start("qs", smoke, str(tmp_path / str(smoke)), device="cpu"), epochs=2)
+    assert [c["budget"] for c in calls] == [ex.SMOKE_QUICKSTART, None] and calls[0]["epochs"] == 2
+    assert calls[0]["out_dir"] == tmp_path / "True" and calls[0]["device"] == "cpu"
+    assert quickstart.CPU_BUDGET == before and not hasattr(ex, "quickstart_budget")
 
 
 def test_experiment_run_trains_a_config_once(tmp_path, monkeypatch):
@@ -155,15 +274,15 @@ def test_experiment_run_trains_a_config_once(tmp_path, monkeypatch):
                            eval={"knn_top1": 50.0})
 
     monkeypatch.setattr("osessl_core.engine.train", fake_train)
-    monkeypatch.setattr(ex, "steps_per_epoch", lambda cfg: 4)
-    monkeypatch.setattr(ex, "dataset_available", lambda name, root: (True, "src"))
+    monkeypatch.setattr("osessl_core.experiments.datasets.steps_per_epoch", lambda cfg: 4)
+    monkeypatch.setattr("osessl_core.experiments.datasets.dataset_available", lambda name, root: (True, "src"))
     exp = ex.start("t", True, str(tmp_path / "out"))
     cfg = exp.config("osessl")
     _, ev = exp.run(cfg, "a")
     assert ev["knn_top1"] == 50.0 and ev["final_loss"] == 1.0 and ev["run_dir"].startswith(str(tmp_path / "out/runs/a-"))
     _, again = exp.run(cfg, "b")  # same config under another label: not trained again
     assert again is ev and len(calls) == 1
-    exp.run(ex.replace(cfg, width=16), "a")
+    exp.run(replace(cfg, width=16), "a")
     assert len(calls) == 2 and calls[0] != calls[1]
 
     def stopped_early(cfg):
@@ -171,7 +290,7 @@ def test_experiment_run_trains_a_config_once(tmp_path, monkeypatch):
 
     monkeypatch.setattr("osessl_core.engine.train", stopped_early)
     with pytest.raises(RuntimeError, match="run the notebook again"):
-        exp.run(ex.replace(cfg, width=32), "c")
+        exp.run(replace(cfg, width=32), "c")
 
 
 def test_sweep_rows_record_the_config_of_their_own_dataset(tmp_path, monkeypatch):
@@ -185,7 +304,7 @@ def test_sweep_rows_record_the_config_of_their_own_dataset(tmp_path, monkeypatch
                 {"knn_top1": 1.0, "linear_top1": 2.0, "final_loss": 1.0, "wall_seconds": 0.0,
                  "run_dir": f"runs/{label}"})
 
-    monkeypatch.setattr(ex, "dataset_available", lambda name, root: (True, "src"))
+    monkeypatch.setattr("osessl_core.experiments.datasets.dataset_available", lambda name, root: (True, "src"))
     exp = ex.start("t", True, str(tmp_path / "out"), trains=False)
     monkeypatch.setattr(exp, "run", fake_run)
     rows, skipped = ex.sweep(exp, [{"label": "resa", "method": "resa"}, {"label": "osessl", "method": "osessl"}],
@@ -197,6 +316,13 @@ def test_sweep_rows_record_the_config_of_their_own_dataset(tmp_path, monkeypatch
         assert row["config"]["dataset"] == row["dataset"]
         assert row["config"] == {**cfg.to_dict(), "run_dir": f"runs/{row['dataset']}-{row['method']}"}
     assert rows[2]["paper_linear_top1"] == 72.21  # ReSA's CIFAR-100 number, not its CIFAR-10 one
+    # The result file's config names each row by its own dataset, and the paper-only rows say cifar100 too.
+    configs = ex.sweep_configs(rows)
+    assert list(configs) == ["cifar10/resa", "cifar10/osessl", "cifar100/resa", "cifar100/osessl"]
+    assert all(configs[k]["dataset"] == k.split("/")[0] for k in configs)
+    paper_only = [r for r in ex.not_implemented_rows("table1", rows) if r["dataset"] == "cifar100"]
+    assert paper_only and all(r["paper_linear_top1"] == ex.paper_row("table1", "cifar100", r["method"])["linear_top1"]
+                              for r in paper_only)
 
 
 # ---------------------------------------------------------------------------------------------- with real data
@@ -207,8 +333,7 @@ def trained(tmp_path_factory, cifar_root):
     exp = ex.start("unit", True, str(tmp_path_factory.mktemp("exp")), data_root=cifar_root)
     cfg = exp.config("osessl", eval_linear=True)
     result, ev = exp.run(cfg, "cifar10-osessl")
-    from osessl_core.engine.trainer import load_train_data
-    return exp, cfg, result, ev, load_train_data(cfg)
+    return exp, cfg, result, ev, ex.train_data(cfg)
 
 
 @pytest.mark.slow
@@ -234,6 +359,8 @@ def test_representations_and_exemplar_neighbours(trained):
     assert reps["encoder"].shape == (20, method.encoder.out_dim)
     assert reps["projector_hidden"].shape == (20, cfg.proj_hidden) and (reps["projector_hidden"] >= 0).all()  # ReLU
     assert reps["projector"].shape == (20, cfg.proj_out)
+    first_hidden = ex.projector_hidden(method)
+    assert all(a is b for a, b in zip(first_hidden, method.eval_projector()[:3])) and len(first_hidden) == 3
     pool = ex.random_pool(len(train_set), 60, exclude=method.exemplar_indices.cpu())
     nb = ex.exemplar_neighbours(method, train_set.images[pool], mean, std, "cpu", k=4)
     assert nb["pool_neighbours"].shape == (10, 4) and int(nb["pool_neighbours"].max()) < 60
@@ -242,6 +369,20 @@ def test_representations_and_exemplar_neighbours(trained):
     fig = ex.plot_exemplar_grid(method.exemplar_images.cpu(), train_set.images[pool[nb["pool_neighbours"]]],
                                 train_set.classes, train_set.labels[pool[nb["pool_neighbours"]]])
     assert len(fig.axes) == 10 * 5
+
+
+@pytest.mark.slow
+def test_exemplar_indices_read_the_runs_exemplars_json(trained):
+    """Figure 4 takes the exemplars from the run directory's exemplars.json (the trainer's format, read with
+    load_exemplars): the same images the method trained with."""
+    exp, cfg, result, ev, train_set = trained
+    written = json.loads((result.run_dir / "exemplars.json").read_text())
+    assert written["exemplar_indices"] == result.method.exemplar_indices.tolist()
+    idx = ex.exemplar_indices(result.run_dir)
+    assert idx.dtype == torch.int64 and idx.tolist() == written["exemplar_indices"]
+    assert ex.exemplar_indices(ev["run_dir"]).tolist() == idx.tolist()  # the eval dict's run_dir works too
+    assert train_set.labels[idx].tolist() == list(range(train_set.num_classes))  # one per class, class order
+    assert torch.equal(train_set.images[idx], result.method.exemplar_images.cpu())
 
 
 @pytest.mark.slow
@@ -264,7 +405,7 @@ def test_finetune_and_timing(trained):
     test_set = train_set.subset(slice(0, 50))
     before = {k: v.clone() for k, v in result.method.momentum_encoder.state_dict().items()}
     res = ex.finetune(result.method, train_set, test_set, 0.1, epochs=1, batch_size=16, device="cpu")
-    assert res["n_labelled"] == len(ex.labelled_fraction(train_set.labels, 0.1))
+    assert res["n_labelled"] == len(labelled_fraction(train_set.labels, 0.1))
     assert 0 <= res["top1"] <= res["top5"] <= 100 and math.isfinite(res["final_train_loss"])
     after = result.method.momentum_encoder.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)  # fine-tuning works on a copy

@@ -1,0 +1,84 @@
+"""The images and labels a notebook works on, through the core's loaders: whole splits, a run's own (sub)set,
+its normalisation and exemplars, random pools and coarser labellings of the same images."""
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from ..config import TrainConfig
+from .paths import resolve_path
+
+# Table 14 stand-in for smoke runs without CIFAR-100: CIFAR-10's 10 classes vs two coarse groups.
+CIFAR10_STAND_IN_GROUPS = {"vehicle": ["airplane", "automobile", "ship", "truck"],
+                           "animal": ["bird", "cat", "deer", "dog", "frog", "horse"]}
+
+
+def dataset(name: str, root: str | Path, split: str = "train", image_size: int | None = None):
+    """One split of a dataset (the core's load_dataset: decoded once, then cached)."""
+    from ..data import load_dataset
+    return load_dataset(name, root, split, image_size=image_size)
+
+
+def dataset_available(name: str, root: str | Path) -> tuple[bool, str]:
+    """(True, source) if `name` can be loaded from `root` without a download, else (False, why)."""
+    from ..data import DatasetError, load_dataset
+    try:
+        return True, load_dataset(name, root, "test", download=False).source
+    except DatasetError as e:
+        return False, str(e)
+
+
+def train_data(cfg: TrainConfig):
+    """The training (sub)set a run of `cfg` trains on: the images its exemplar and pool indices refer to."""
+    from ..engine.trainer import load_train_data
+    return load_train_data(cfg)
+
+
+def steps_per_epoch(cfg: TrainConfig) -> int:
+    from ..data import load_dataset
+    from ..data.order import BatchPlan
+    n = cfg.subset or len(load_dataset(cfg.dataset, cfg.data_root, "train"))
+    return BatchPlan(n, cfg.batch_size).steps_per_epoch  # a notebook run is one process
+
+
+def normalization(train_set) -> tuple:
+    """(mean, std) the core's evaluation extracts features with for a model trained on `train_set`."""
+    from ..engine.evaluate import eval_normalization
+    return eval_normalization(train_set)
+
+
+def exemplar_indices(run_dir: str | Path) -> torch.Tensor:
+    """The labelled exemplars of a run (indices into its train_data), from the run directory's exemplars.json."""
+    from ..data import load_exemplars
+    return load_exemplars(resolve_path(run_dir) / "exemplars.json")
+
+
+def random_pool(n_total: int, size: int, exclude=(), seed: int = 0) -> torch.Tensor:
+    """`size` seeded random indices of range(n_total), none of them in `exclude` (e.g. the exemplars)."""
+    keep = torch.ones(n_total, dtype=torch.bool)
+    keep[torch.as_tensor(list(exclude), dtype=torch.long)] = False
+    candidates = keep.nonzero().flatten()
+    perm = torch.randperm(len(candidates), generator=torch.Generator().manual_seed(seed))
+    return candidates[perm[:size]].sort().values
+
+
+def relabel(ds, labels: torch.Tensor, classes: list[str]):
+    """The same images under another labelling (e.g. CIFAR-100's 20 coarse classes)."""
+    return replace(ds, labels=torch.as_tensor(labels).long(), classes=list(classes))
+
+
+def coarse_view(ds, groups: dict[str, list[str]] | None = None):
+    """`ds` relabelled with its coarse classes: CIFAR-100's own 20 superclasses, or `groups` of class names."""
+    if groups is None:
+        if ds.coarse_labels is None:
+            raise ValueError(f"{ds.name} has no coarse labels; pass groups={{coarse: [fine class, ...]}}")
+        return relabel(ds, ds.coarse_labels, ds.coarse_classes)
+    names = sorted(groups)
+    of_class = {c: names.index(g) for g, members in groups.items() for c in members}
+    missing = sorted(set(ds.classes) - set(of_class))
+    if missing:
+        raise ValueError(f"classes {missing} are in no group")
+    lookup = torch.tensor([of_class[c] for c in ds.classes])
+    return relabel(ds, lookup[ds.labels], names)
