@@ -44,6 +44,8 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
         if base is bool:
             p.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
                            help=text)
+        elif typing.get_origin(base) is typing.Literal:
+            p.add_argument(flag, dest=f.name, choices=typing.get_args(base), default=argparse.SUPPRESS, help=text)
         else:
             p.add_argument(flag, dest=f.name, type=base, default=argparse.SUPPRESS, metavar=base.__name__.upper(),
                            help=text)
@@ -80,6 +82,9 @@ def config_from_args(ns: argparse.Namespace) -> TrainConfig:
         method_args[k.strip()] = _parse_value(v)
     skip = {"command", "config", "method_args", "func"}
     values.update({k: v for k, v in vars(ns).items() if k not in skip})
+    if values.get("recipe") and not resuming:  # the preset first; --config and flags override it
+        from .recipes import recipe_config
+        return recipe_config(values.pop("recipe"), **values, method_args=method_args)
     return TrainConfig.from_dict({**values, "method_args": method_args})
 
 
@@ -107,11 +112,19 @@ def cmd_eval(ns) -> int:
     from .files import atomic_write_json
     from .engine.evaluate import evaluate_run
     from .provenance import provenance
-    trainer = load_run(ns.run_dir, eval_knn=True, eval_linear=ns.linear, linear_epochs=ns.linear_epochs,
-                       device=ns.device, progress=True)
-    out = evaluate_run(trainer.method, trainer.cfg, trainer.train_set, trainer.device)
-    atomic_write_json(Path(ns.run_dir) / "eval.json", {**out, "step": trainer.step, "epochs": trainer.cfg.epochs,
-                                                       "provenance": provenance(trainer.device)})
+    overrides = {"linear_epochs": ns.linear_epochs} if ns.linear_epochs else {}
+    trainer = load_run(ns.run_dir, eval_knn=True, eval_linear=ns.linear, device=ns.device, progress=True,
+                       **overrides)
+    if ns.semisup is not None or ns.subset_file:
+        from .engine.evaluate import evaluate_semisup
+        out = evaluate_semisup(trainer.method, trainer.cfg, trainer.train_set, trainer.device, ns.semisup,
+                               ns.subset_file, ns.semisup_epochs)
+        name = "semisup.json"
+    else:
+        out = evaluate_run(trainer.method, trainer.cfg, trainer.train_set, trainer.device)
+        name = "eval.json"
+    atomic_write_json(Path(ns.run_dir) / name, {**out, "step": trainer.step, "epochs": trainer.cfg.epochs,
+                                                "provenance": provenance(trainer.device)})
     print(json.dumps(out, indent=2))
     return 0
 
@@ -125,8 +138,8 @@ def cmd_quickstart(ns) -> int:
 def cmd_bench(ns) -> int:
     from .engine.bench import MODES, run_bench, tiny_config
     from .engine.trainer import resolve_device
-    from .provenance import REPO_ROOT
-    data_root = ns.data_root or str(REPO_ROOT.parent / "shared" / "data")
+    from .paths import default_data_root
+    data_root = ns.data_root or str(default_data_root())
     device = resolve_device(ns.device)
     tiny = ns.tiny or device.type != "cuda"
     cfg = tiny_config(data_root, ns.device) if tiny else TrainConfig(data_root=data_root, device=ns.device)
@@ -194,15 +207,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="pretrain a method (resumes from --run-dir), then evaluate")
     _add_config_flags(p)
     p.set_defaults(func=cmd_train)
-    p = sub.add_parser("eval", help="k-NN (and linear) evaluation of a run's checkpoint")
+    p = sub.add_parser("eval", help="k-NN (and linear, or semi-supervised) evaluation of a run's checkpoint; "
+                       "CIFAR protocols on device-resident data, ImageNet protocols on streamed folders")
     p.add_argument("--run-dir", required=True)
-    p.add_argument("--linear", action="store_true")
-    p.add_argument("--linear-epochs", type=int, default=500)
+    p.add_argument("--linear", action="store_true", help="also the linear protocol (CIFAR probe, or ImageNet's)")
+    p.add_argument("--linear-epochs", type=int, default=None, help="default: the run's linear_epochs")
+    p.add_argument("--semisup", type=float, default=None, metavar="FRACTION",
+                   help="instead: fine-tune on this fraction of labels (0.01, 0.1) of a streamed folder")
+    p.add_argument("--subset-file", default=None, help="SimCLR's 1percent.txt / 10percent.txt (else a seeded split)")
+    p.add_argument("--semisup-epochs", type=int, default=None, help="default: 30 (OSESSL A.1.2)")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_eval)
     p = sub.add_parser("quickstart", help="ReSA vs OSESSL on CIFAR-10: pretrain, k-NN, t-SNE/UMAP plot")
     p.add_argument("--out", default="results/quickstart")
-    p.add_argument("--data-root", default=None, help="default: ../shared/data beside the repository")
+    p.add_argument("--data-root", default=None, help="default: $OSESSL_DATA, else ../shared/data beside the repo")
     p.add_argument("--device", default="auto")
     p.add_argument("--epochs", type=int, default=None, help="default: 50 on GPU, a scaled-down run on CPU")
     p.set_defaults(func=cmd_quickstart)

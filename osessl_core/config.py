@@ -19,6 +19,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
+from .paths import default_data_root
+
 
 class ConfigError(ValueError):
     """A bad configuration value: reported as one line naming the field."""
@@ -147,7 +149,7 @@ class TrainConfig:
     # what to train
     method: str = "osessl"
     dataset: str = "cifar10"
-    data_root: str = "../shared/data"
+    data_root: str = field(default_factory=lambda: str(default_data_root()))  # $OSESSL_DATA, else ../shared/data beside the repo
     subset: int | None = None          # train on a seeded random subset of this many images (CPU smoke runs)
     method_args: dict[str, Any] = field(default_factory=dict)
     image_size: int | None = None      # training resolution; None = the data's own (CIFAR 32, streamed folders 224)
@@ -156,10 +158,10 @@ class TrainConfig:
     bad_files: Literal["fail", "skip"] = "fail"  # an unreadable image: stop naming it, or skip and count it
     loader_workers: int | None = None  # decoding processes of a streamed folder; None = min(8, CPU cores)
     decode: Literal["cpu", "nvjpeg"] = "cpu"  # where a streamed folder's JPEGs are decoded
-    recipe: str | None = None          # the preset (recipes/<name>.yaml) this config started from; informational
+    recipe: str | None = None          # start from a preset (osessl_core/recipes/<name>.yaml, or a .yaml path); flags win
     # networks
     arch: str = "resnet18"
-    stem: Literal["auto", "cifar", "imagenet"] = "auto"  # ResNet stem; auto = CIFAR below 64 px, else ImageNet
+    stem: Literal["auto", "cifar", "imagenet"] = "auto"  # ResNet stem / ViT patch: auto = CIFAR below 64 px, else ImageNet
     width: int = 64                    # first-stage channels; 64 is the standard ResNet
     zero_pad: bool = True              # ReSA's CIFAR quirk: pad 32x32 inputs to 34x34
     proj_hidden: int = 2048
@@ -170,7 +172,7 @@ class TrainConfig:
     batch_size: int = 256
     base_lr: float = 0.3               # scaled by batch_size * world_size / 256
     weight_decay: float = 1e-4
-    optimizer: Literal["sgd", "lars"] = "sgd"
+    optimizer: Literal["sgd", "lars", "adamw"] = "sgd"  # the paper: SGD for ResNets, AdamW for ViT-S/16 (ReSA Table 8)
     sgd_momentum: float = 0.9
     warmup_epochs: float = 2.0
     final_lr_ratio: float = 0.1

@@ -31,10 +31,13 @@ def torchvision_key(name: str) -> str:
 
 
 def stem_of(encoder: nn.Module) -> dict[str, Any]:
+    """The stem of one of our ResNets: the CIFAR one (optional zero pad, no max-pool) or torchvision's own."""
     conv = encoder.conv1
-    padding = conv.padding[0] + (1 if isinstance(encoder.pad, nn.ZeroPad2d) else 0)
+    pad = getattr(encoder, "pad", None)  # the ImageNet-stem encoders are torchvision's ResNet: no pad attribute
+    padding = conv.padding[0] + (1 if isinstance(pad, nn.ZeroPad2d) else 0)
+    maxpool = isinstance(getattr(encoder, "maxpool", None), nn.MaxPool2d)
     return {"conv1_kernel_size": conv.kernel_size[0], "conv1_stride": conv.stride[0], "conv1_padding": padding,
-            "maxpool": False, "width": conv.out_channels}
+            "maxpool": maxpool, "width": conv.out_channels}
 
 
 def build_torchvision_resnet(arch: str, stem: dict[str, Any] | None = None) -> nn.Module:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from .paths import REPO_ROOT  # noqa: F401 (re-exported: the results files name paths relative to it)
 
 
 def git_sha() -> str:

@@ -178,7 +178,7 @@ def test_method_objective_literal_and_fs_gradient_scaled(base):
                        train_labels=torch.zeros(8, dtype=torch.long), classes=[str(i) for i in range(10)])
     method = build_method(cfg, data).double()
     views = method.make_views(Batch.of(images, torch.arange(8)), StepRandom.create(0, torch.device("cpu")))
-    views = {k: v.double() for k, v in views.items()}
+    views = views.to(torch.float64)
     terms, _ = method.loss_terms(views)
     with torch.no_grad():
         l_ssl, z1, z2 = method.base.ssl_terms(views)

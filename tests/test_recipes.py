@@ -29,16 +29,7 @@ def _one_thread():
     torch.set_num_threads(threads)
 
 
-def _adamw_allowed() -> bool:
-    return "adamw" in typing.get_args(typing.get_type_hints(TrainConfig)["optimizer"])
-
-
 def _build(name: str) -> TrainConfig:
-    if name == "imagenet1k_vit" and not _adamw_allowed():
-        with pytest.raises(ConfigError, match=r"optimizer: expected one of .*'adamw'") as err:
-            recipe_config(name)
-        assert "\n" not in str(err.value)
-        pytest.xfail("TrainConfig.optimizer does not offer 'adamw' yet (ReSA Table 8: ViT-S/16 trains with AdamW)")
     return recipe_config(name)
 
 

@@ -21,10 +21,12 @@ def class_name(k: int) -> str:
     return f"n{k:08d}"
 
 
-def make_image_folder(root, classes: int = 4, per_class: int = 6, splits=("train", "val"), sizes=DEFAULT_SIZES,
+def make_image_folder(root, classes: int | list[str] = 4, per_class: int = 6, splits=("train", "val"), sizes=DEFAULT_SIZES,
                       quality: int = 90, seed: int = 0, odd: bool = False, source=None) -> Path:
     """Write root/<split>/<class>/<image>.JPEG and return root.
 
+    classes: a count (folders n00000000, n00000001, ...) or the folder names themselves (e.g. the ImageNet-100
+    WordNet ids, so that `--dataset imagenet100` finds its classes).
     sizes: (width, height) pairs, used in turn. odd=True adds, per split, one greyscale JPEG, one CMYK JPEG, one
     RGBA PNG and one 16-bit greyscale PNG (in classes 0, 1, 2, 3 modulo `classes`), the kinds that need the PIL
     fallback or careful conversion. source: an ImageDataset (uint8 N x 3 x h x w, labels, e.g. CIFAR-10) whose
@@ -32,6 +34,8 @@ def make_image_folder(root, classes: int = 4, per_class: int = 6, splits=("train
     images [s * per_class, (s + 1) * per_class) of each of the source's first `classes` classes.
     """
     root = Path(root)
+    names = [class_name(k) for k in range(classes)] if isinstance(classes, int) else list(classes)
+    classes = len(names)
     if classes < 1 or per_class < 1 or not sizes:
         raise ValueError(f"need classes >= 1, per_class >= 1 and some sizes (got {classes}, {per_class}, {sizes})")
     if source is not None:
@@ -46,7 +50,7 @@ def make_image_folder(root, classes: int = 4, per_class: int = 6, splits=("train
     serial = 0
     for s, split in enumerate(splits):
         for k in range(classes):
-            folder = root / split / class_name(k)
+            folder = root / split / names[k]
             folder.mkdir(parents=True, exist_ok=True)
             for i in range(per_class):
                 width, height = sizes[serial % len(sizes)]
@@ -58,10 +62,10 @@ def make_image_folder(root, classes: int = 4, per_class: int = 6, splits=("train
                     img = source.images[by_class[k][s * per_class + i]].permute(1, 2, 0).numpy()
                     pixels = np.asarray(Image.fromarray(img).resize((width, height), Image.BICUBIC))
                 # ImageNet's own naming: train n..._<i>.JPEG, val ILSVRC2012_val_<serial>.JPEG (upper-case suffix).
-                name = f"{class_name(k)}_{i}.JPEG" if split == "train" else f"ILSVRC2012_val_{serial:08d}.JPEG"
+                name = f"{names[k]}_{i}.JPEG" if split == "train" else f"ILSVRC2012_val_{serial:08d}.JPEG"
                 Image.fromarray(pixels).save(folder / name, "JPEG", quality=quality)
         if odd:
-            _write_odd(root / split, classes, seed, s, quality)
+            _write_odd(root / split, names, seed, s, quality)
     return root
 
 
@@ -91,12 +95,14 @@ def _draw(rng: np.random.Generator, k: int, classes: int, width: int, height: in
     return np.clip(img, 0, 255, out=img).astype(np.uint8)
 
 
-def _write_odd(split_dir: Path, classes: int, seed: int, s: int, quality: int) -> None:
+def _write_odd(split_dir: Path, names: list[str], seed: int, s: int, quality: int) -> None:
+    classes = len(names)
+
     def pixels(k, w, h):
         return _draw(np.random.default_rng([seed, s, k, 10_000]), k, classes, w, h)
 
     def folder(k):
-        return split_dir / class_name(k % classes)
+        return split_dir / names[k % classes]
 
     Image.fromarray(pixels(0, 400, 300)).convert("L").save(folder(0) / "odd_gray.JPEG", "JPEG", quality=quality)
     Image.fromarray(pixels(1 % classes, 300, 400)).convert("CMYK").save(folder(1) / "odd_cmyk.jpg", "JPEG",

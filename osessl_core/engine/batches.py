@@ -22,23 +22,40 @@ STREAM_ABOVE = 64  # px: an image folder whose images are larger than this is st
 
 def streams(cfg: TrainConfig) -> bool:
     """Whether cfg's training data is streamed: the ImageNet datasets always; an image folder when its first
-    training image is larger than STREAM_ABOVE px (small folders are decoded once and held on the device)."""
+    training image is larger than STREAM_ABOVE px (small folders are decoded once and held on the device;
+    docs/decisions.md#d-imagenet-1)."""
     if cfg.stream is not None:
         return cfg.stream
     if cfg.dataset in STREAMED_DATASETS:
         return True
     if cfg.dataset != "imagefolder":
         return False
-    from ..data.imagefolder import first_image_size
-    return max(first_image_size(cfg.data_root, "train")) > STREAM_ABOVE
+    return max(first_image_size(cfg.data_root)) > STREAM_ABOVE
+
+
+def first_image_size(root) -> tuple[int, int]:
+    """(width, height) of the first training image of a folder (its header only); (0, 0) if there is none, and
+    the resident loader then says what is missing."""
+    from pathlib import Path
+
+    from PIL import Image
+
+    from ..data.datasets import IMAGE_EXTENSIONS
+    train = Path(root) / "train"
+    for folder in sorted(p for p in train.iterdir() if p.is_dir()) if train.is_dir() else []:
+        for f in sorted(folder.iterdir()):
+            if f.suffix.lower() in IMAGE_EXTENSIONS:
+                with Image.open(f) as im:
+                    return im.size
+    return (0, 0)
 
 
 def open_streamed(cfg: TrainConfig, split: str):
     """The streamed image folder of cfg (train, or the val/test split), with its class list."""
-    from ..data.imagefolder import IMAGENET100_CLASSES, open_image_folder
+    from ..data.imagefolder import IMAGENET100_CLASS_LIST, open_image_folder
     classes = cfg.class_list
     if classes is None and cfg.dataset == "imagenet100":
-        classes = IMAGENET100_CLASSES
+        classes = IMAGENET100_CLASS_LIST
     return open_image_folder(cfg.data_root, split, classes=classes, image_size=cfg.image_size or 224,
                              bad_files=cfg.bad_files)
 
@@ -64,7 +81,7 @@ def data_context(train_set) -> DataContext:
         return DataContext.of(train_set)
     from ..data.imagefolder import eval_view
     size = train_set.image_size
-    stored = round(size * 256 / 224)  # room for the device's random crops of the few images held there
+    stored = round(size * 256 / 224)  # room for the device's crops of the few images held (#d-imagenet-4)
 
     def read_images(indices: torch.Tensor) -> torch.Tensor:
         return torch.stack([eval_view(train_set.read(int(i)), stored) for i in indices])

@@ -89,6 +89,9 @@ class Trainer:
         self._stop_signal: str | None = None
         self.knn_monitor = self.tensorboard = None
         if cfg.knn_monitor_every and is_main_process():
+            if not hasattr(self.train_set, "images"):
+                raise ConfigError("knn_monitor_every works on device-resident data; for a streamed folder evaluate "
+                                  "checkpoints with `osessl eval --run-dir ...`")
             from .monitor import KnnMonitor
             self.knn_monitor = KnnMonitor(self.train_set, load_dataset(cfg.dataset, cfg.data_root, "test"),
                                           cfg.knn_monitor_train, cfg.knn_monitor_test, cfg.seed, self.device)
@@ -337,9 +340,9 @@ def train(cfg: TrainConfig, train_set=None) -> TrainResult:
     """Train (resuming from `cfg.run_dir` if it holds a checkpoint), then evaluate as configured."""
     evaluating = cfg.eval_knn or cfg.eval_linear
     if evaluating and cfg.eval_test_subset:  # fail now, not after the training
-        from ..data import load_dataset
-        seeded_subset(len(load_dataset(cfg.dataset, cfg.data_root, "test")), cfg.eval_test_subset, cfg.seed,
-                      "eval_test_subset")
+        from .batches import open_streamed, streams
+        test = open_streamed(cfg, "val") if streams(cfg) else load_dataset(cfg.dataset, cfg.data_root, "test")
+        seeded_subset(len(test), cfg.eval_test_subset, cfg.seed, "eval_test_subset")
     trainer = Trainer(cfg, train_set)
     try:
         result = trainer.fit()

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data.augment import ViewAugment
-from ..models import build_encoder, build_predictor, build_projector, momentum_copy
+from ..models import build_encoder, build_predictor, build_projector, is_vit, momentum_copy
 
 
 def host_scalar(value: float, device: torch.device) -> torch.Tensor:
@@ -159,6 +159,11 @@ class Views:
                                          # (DSA's prior)
     ids: torch.Tensor | None = None      # dataset indices of this rank's rows (methods with per-image state)
 
+    def to(self, dtype: torch.dtype) -> "Views":
+        """A copy with every floating tensor cast (e.g. float64 for the literal-equation tests)."""
+        cast = lambda d: {k: v.to(dtype) if v.is_floating_point() else v for k, v in d.items()}  # noqa: E731
+        return Views(cast(self.images), cast(self.draws), cast(self.features), self.ids)
+
 
 class Method(nn.Module):
     """Base class of every method. A subclass sets `name` and `Params` (a dataclass whose fields are typed: the
@@ -238,8 +243,9 @@ class TwinMethod(Method):
         super().__init__()
         self.ctx = ctx
         self.encoder = ctx.encoder()
-        self.projector = build_projector(self.encoder.out_dim, ctx.proj_hidden, ctx.proj_out)
-        self.predictor = build_predictor(ctx.proj_out, ctx.proj_hidden) if ctx.predictor else None
+        vit = is_vit(ctx.arch)  # ReSA App. B: BN-free GELU heads for ViT encoders
+        self.projector = build_projector(self.encoder.out_dim, ctx.proj_hidden, ctx.proj_out, vit=vit)
+        self.predictor = build_predictor(ctx.proj_out, ctx.proj_hidden, vit=vit) if ctx.predictor else None
         self.momentum_encoder = momentum_copy(self.encoder)
         self.momentum_projector = momentum_copy(self.projector)
 
