@@ -119,11 +119,11 @@ def test_two_ranks_match_one_rank_over_an_epoch_of_the_folder(tmp_path, folder):
 
 @pytest.mark.parametrize("arch", ["resnet50", "vit_s16"])
 def test_training_steps_at_224(tmp_path, folder, arch):
-    """ResNet-50 (ImageNet stem) and ViT-S/16 take ReSA training steps on 224 px streamed crops."""
+    """ResNet-50 (ImageNet stem) and ViT-S/16 take a ReSA training step on 224 px streamed crops."""
     cfg = streamed(folder, tmp_path / arch, method="resa", arch=arch, stem="auto", width=64, image_size=224,
-                   batch_size=2, max_steps=2, method_args={}, proj_hidden=64, proj_out=32)
+                   batch_size=2, max_steps=1, method_args={}, proj_hidden=64, proj_out=32)
     trainer = Trainer(cfg)
     result = trainer.fit()
     trainer.close()
-    assert result.step == 2 and all(torch.isfinite(torch.tensor(r["loss"])) for r in result.metrics)
+    assert result.step == 1 and all(torch.isfinite(torch.tensor(r["loss"])) for r in result.metrics)
     assert trainer.resolved()["network_input"] == 224
