@@ -135,13 +135,39 @@ def cmd_quickstart(ns) -> int:
     return 0
 
 
+def _csv(text: str | None, cast=str):
+    return tuple(cast(x) for x in text.split(",")) if text else None
+
+
+def cmd_bench_imagenet(ns, device, tiny: bool) -> int:
+    from .engine.bench import TINY_IMAGENET_BENCH, imagenet_config, run_imagenet_bench, tiny_imagenet_config
+    cfg = tiny_imagenet_config(ns.device) if tiny else imagenet_config(ns.device)
+    cfg = dataclasses.replace(cfg, **{k: v for k, v in (("batch_size", ns.batch_size), ("image_size", ns.image_size))
+                                      if v})
+    kw = dict(TINY_IMAGENET_BENCH) if tiny else {}
+    given = {"archs": _csv(ns.arch), "workers": _csv(ns.workers, int), "backends": _csv(ns.backends),
+             "methods": _csv(ns.methods), "warmup": ns.warmup, "steps": ns.steps, "classes": ns.classes,
+             "data_root": ns.data_root}  # no --data-root: a generated ImageNet-shaped folder
+    kw.update({k: v for k, v in given.items() if v is not None})
+    out = ns.out or f"results/bench/imagenet-{'tiny-' if tiny else ''}{device.type}.json"
+    if device.type == "cpu":  # OpenMP threads beside the loader's worker processes on the same cores thrash
+        import torch
+        torch.set_num_threads(1)
+    res = run_imagenet_bench(cfg, compile_on_cpu=ns.compile_on_cpu, out=out, **kw)
+    print(json.dumps(res["ratios"], indent=2))
+    print(f"written: {out}")
+    return 0
+
+
 def cmd_bench(ns) -> int:
     from .engine.bench import MODES, run_bench, tiny_config
     from .engine.trainer import resolve_device
     from .paths import default_data_root
-    data_root = ns.data_root or str(default_data_root())
     device = resolve_device(ns.device)
     tiny = ns.tiny or device.type != "cuda"
+    if ns.imagenet:
+        return cmd_bench_imagenet(ns, device, tiny)
+    data_root = ns.data_root or str(default_data_root())
     cfg = tiny_config(data_root, ns.device) if tiny else TrainConfig(data_root=data_root, device=ns.device)
     if ns.batch_size:
         cfg = dataclasses.replace(cfg, batch_size=ns.batch_size)
@@ -234,7 +260,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--tiny", action="store_true", help="the CPU-sized configuration (automatic without CUDA)")
     p.add_argument("--compile-on-cpu", action="store_true", help="also compile on CPU (slow to compile)")
-    p.add_argument("--out", default=None, help="JSON path; default results/bench/bench-<device>.json")
+    p.add_argument("--out", default=None, help="JSON path; default results/bench/bench-<device>.json "
+                   "(imagenet-<device>.json with --imagenet)")
+    p.add_argument("--imagenet", action="store_true", help="the ImageNet-shaped benchmark: a streamed folder at "
+                   "224 px, ResNet-50 and -18, loader-only vs device-resident step vs the full loop")
+    p.add_argument("--arch", default=None, help="--imagenet: comma-separated (default resnet50,resnet18)")
+    p.add_argument("--workers", default=None, help="--imagenet: loader worker counts, e.g. 8,16 (the first trains)")
+    p.add_argument("--backends", default=None, help="--imagenet: cpu,nvjpeg (default: nvjpeg only on CUDA)")
+    p.add_argument("--image-size", type=int, default=None, help="--imagenet: default 224 (tiny: 64)")
+    p.add_argument("--classes", type=int, default=None, help="--imagenet: classes of the generated folder (100)")
     p.set_defaults(func=cmd_bench)
     p = sub.add_parser("export", help="write a run's evaluated encoder as a torchvision state_dict + JSON card")
     p.add_argument("--run-dir", required=True, help="the run directory to export")

@@ -113,3 +113,20 @@ def test_generate_folder_writes_parts_in_parallel_and_merges_them(tmp_path):
     assert [p.name for p in root.iterdir()] == ["train"]  # the parts were merged away
     a, b = (root / "train" / "n00000000" / f"n00000000_0_p{j}.JPEG" for j in (0, 1))
     assert a.read_bytes() != b.read_bytes()  # each part has its own seed
+
+
+def test_cli_bench_imagenet_passes_its_flags(monkeypatch, tmp_path):
+    """`bench --imagenet` wiring: the tiny CPU configuration, the flags as run_imagenet_bench's arguments."""
+    from osessl_core import cli
+    from osessl_core.engine import bench
+    seen = {}
+
+    def fake(cfg, **kw):
+        seen.update(kw, cfg=cfg)
+        return {"ratios": {}}
+
+    monkeypatch.setattr(bench, "run_imagenet_bench", fake)
+    code = cli.main(["bench", "--imagenet", "--device", "cpu", "--workers", "3,1", "--arch", "resnet18",
+                     "--image-size", "48", "--out", str(tmp_path / "x.json")])
+    assert code == 0 and seen["workers"] == (3, 1) and seen["archs"] == ("resnet18",)
+    assert seen["cfg"].image_size == 48 and seen["cfg"].stream and seen["data_root"] is None

@@ -89,8 +89,9 @@ def test_flags_override_and_method_args_merge_key_by_key():
     assert (cfg.epochs, cfg.batch_size, cfg.base_lr) == (10, 64, 0.5)
     assert cfg.method_args == {"lam": 1.0, "mu": 0.5, "memory_size": 65536, "blur_prob": 0.5, "k": 4}
     assert cfg.recipe == "imagenet100"
-    # another method: the recipe's osessl parameters are not carried over
-    assert recipe_config("imagenet100", method="resa").method_args == {}
+    # another method: the recipe's osessl parameters are not carried over, its view settings are where they exist
+    assert recipe_config("imagenet100", method="resa").method_args == {"blur_prob": 0.5}
+    assert recipe_config("imagenet100", method="simclr").method_args == {}
     assert recipe_config("imagenet100", method="resa", method_args={"blur_prob": 0.5}).method_args == {"blur_prob": 0.5}
 
 

@@ -12,12 +12,13 @@
 """
 from ..paths import default_data_root
 from .configs import (EXECUTION_FIELDS, SMOKE_BUDGET, SMOKE_EMBED, SMOKE_METHOD_ARGS, SMOKE_METHODS,
-                      SMOKE_QUICKSTART, config_key, run_dir_for, smoke_overrides, train_config)
+                      SMOKE_QUICKSTART, SMOKE_STREAMED, config_key, recipe_train_config, run_dir_for, smoke_overrides,
+                      train_config)
 from .datasets import (CIFAR10_STAND_IN_GROUPS, coarse_view, dataset, dataset_available, exemplar_indices,
                        normalization, random_pool, relabel, steps_per_epoch, train_data)
 from .display import enable_inline_figures, setup_quiet, table
 from .finetune import finetune
-from .fixtures import make_image_folder_from_cifar
+from .fixtures import imagenet_stand_in, make_image_folder_from_cifar
 from .paper import PAPER, paper_numbers, paper_row, paper_rows, with_paper
 from .paths import CIFAR_ARCHIVE_NAME, resolve_path
 from .plots import plot_bars, plot_exemplar_grid, plot_sweep
@@ -37,7 +38,7 @@ __all__ = [
     "CIFAR10_STAND_IN_GROUPS", "coarse_view", "dataset", "dataset_available", "exemplar_indices", "normalization",
     "random_pool", "relabel", "steps_per_epoch", "train_data",
     "enable_inline_figures", "setup_quiet", "table",
-    "finetune", "make_image_folder_from_cifar",
+    "finetune", "make_image_folder_from_cifar", "imagenet_stand_in", "SMOKE_STREAMED", "recipe_train_config",
     "PAPER", "paper_numbers", "paper_row", "paper_rows", "with_paper",
     "CIFAR_ARCHIVE_NAME", "resolve_path",
     "plot_bars", "plot_exemplar_grid", "plot_sweep",

@@ -63,3 +63,20 @@ def config_key(cfg: TrainConfig) -> str:
 def run_dir_for(cfg: TrainConfig, root: str | Path, label: str) -> Path:
     safe = "".join(c if c.isalnum() or c in "-_.=" else "_" for c in label)
     return resolve_path(root) / f"{safe}-{config_key(cfg)}"
+
+
+# The ImageNet notebooks' smoke budget: a paper recipe at 64 px on a generated folder, one epoch, one linear epoch.
+SMOKE_STREAMED: dict[str, Any] = dict(
+    image_size=64, epochs=1, batch_size=16, proj_hidden=64, proj_out=32, warmup_epochs=0.0, linear_epochs=1,
+    loader_workers=0, device="cpu", log_every=1)
+
+
+def recipe_train_config(smoke: bool, recipe: str, method: str = "osessl", method_args: dict | None = None,
+                        **overrides) -> TrainConfig:
+    """A paper recipe (osessl_core/recipes/<recipe>.yaml), or in smoke the recipe at SMOKE_STREAMED's budget, with
+    `overrides` on top (None ignored) and the smoke `method_args` where the method has those parameters."""
+    from ..recipes import recipe_config
+    values: dict[str, Any] = dict(SMOKE_STREAMED) if smoke else {}
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    args = smoke_overrides(method)["method_args"] if smoke else {}
+    return recipe_config(recipe, method=method, **values, method_args={**args, **(method_args or {})})

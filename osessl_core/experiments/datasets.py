@@ -23,10 +23,15 @@ def dataset(name: str, root: str | Path, split: str = "train", image_size: int |
 
 def dataset_available(name: str, root: str | Path) -> tuple[bool, str]:
     """(True, source) if `name` can be loaded from `root` without a download, else (False, why)."""
+    from ..config import TrainConfig
     from ..data import DatasetError, load_dataset
+    from ..engine.batches import open_streamed, streams
     try:
+        cfg = TrainConfig(dataset=name, data_root=str(root))
+        if streams(cfg):  # only the file list is read (the folder is decoded per batch while training)
+            return True, str(open_streamed(cfg, "val").root)
         return True, load_dataset(name, root, "test", download=False).source
-    except DatasetError as e:
+    except (DatasetError, OSError) as e:
         return False, str(e)
 
 
@@ -37,10 +42,8 @@ def train_data(cfg: TrainConfig):
 
 
 def steps_per_epoch(cfg: TrainConfig) -> int:
-    from ..data import load_dataset
     from ..data.order import BatchPlan
-    n = cfg.subset or len(load_dataset(cfg.dataset, cfg.data_root, "train"))
-    return BatchPlan(n, cfg.batch_size).steps_per_epoch  # a notebook run is one process
+    return BatchPlan(len(train_data(cfg)), cfg.batch_size).steps_per_epoch  # a notebook run is one process
 
 
 def normalization(train_set) -> tuple:

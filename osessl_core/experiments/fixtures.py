@@ -51,3 +51,17 @@ def make_image_folder_from_cifar(dest: str | Path, archive: str | Path | None = 
         raise ValueError(f"{archive} has too few images for {short}")
     marker.write_text(json.dumps(spec))
     return dest
+
+
+def imagenet_stand_in(dest: str | Path, classes: int = 4, per_class: int = 6) -> Path:
+    """A generated ImageNet-like folder (train/ and val/, JPEGs of mixed ImageNet-like shapes, kept small) that
+    stands in for ImageNet in the ImageNet notebooks' smoke runs. Reuses dest if already written."""
+    from ..data.synthetic import make_image_folder
+    dest = resolve_path(dest)
+    marker = dest / ".complete.json"
+    spec = {"classes": classes, "per_class": per_class}
+    if marker.exists() and json.loads(marker.read_text()) == spec:
+        return dest
+    make_image_folder(dest, classes=classes, per_class=per_class, sizes=((160, 120), (120, 160), (150, 100)))
+    marker.write_text(json.dumps(spec))
+    return dest

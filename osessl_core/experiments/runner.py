@@ -12,7 +12,7 @@ import torch
 from ..config import TrainConfig
 from ..paths import default_data_root
 from . import datasets as data  # looked up at call time: one place to stub it in tests
-from .configs import run_dir_for, train_config
+from .configs import recipe_train_config, run_dir_for, train_config
 from .display import enable_inline_figures, setup_quiet
 from .paths import resolve_path
 from .results import plain, save_figure, write_results
@@ -49,6 +49,13 @@ class Experiment:
         base = dict(data_root=self.data_root, device=self.device, seed=self.seed, progress=not self.smoke)
         base.update({k: v for k, v in overrides.items() if v is not None})
         return train_config(self.smoke, method, method_args, **base)
+
+    def recipe(self, recipe: str, method: str = "osessl", method_args: dict | None = None, **overrides) -> TrainConfig:
+        """A paper recipe (e.g. "imagenet1k"), at the smoke budget in a smoke run; overrides that are None keep the
+        recipe's value."""
+        base = dict(data_root=self.data_root, device=self.device, seed=self.seed, progress=not self.smoke)
+        base.update({k: v for k, v in overrides.items() if v is not None})
+        return recipe_train_config(self.smoke, recipe, method, method_args, **base)
 
     def note_dataset(self, name: str, root: str | None = None) -> str:
         key = f"{name}:{root or self.data_root}"

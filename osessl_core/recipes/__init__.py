@@ -8,6 +8,7 @@ memory_size), keeping only the override's own method_args.
 """
 from __future__ import annotations
 
+import dataclasses
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,9 @@ import yaml
 from ..config import ConfigError, TrainConfig, coerce_fields
 
 _DIR = resources.files(__name__)
+# Method parameters that describe the data recipe's views, not a method's own objective: they carry over when an
+# override trains another method with the recipe (ReSA's ImageNet views blur with p = 0.5 as OSESSL's do).
+VIEW_ARGS = ("blur_prob",)
 RECIPES: tuple[str, ...] = tuple(sorted(p.name[:-len(".yaml")] for p in _DIR.iterdir() if p.name.endswith(".yaml")))
 
 
@@ -59,7 +63,11 @@ def recipe_config(name_or_path: str | Path, **overrides: Any) -> TrainConfig:
     overrides = coerce_fields(TrainConfig, overrides, "config")
     recipe_method = values.get("method", TrainConfig.method)
     method = overrides.get("method", recipe_method)
-    base_args = values.get("method_args", {}) if method == recipe_method else {}
+    base_args = values.get("method_args", {})
+    if method != recipe_method:  # another method keeps only the recipe's view settings it also has
+        from ..methods import METHODS
+        names = {f.name for f in dataclasses.fields(METHODS[method.lower()].Params)} if method.lower() in METHODS else set()
+        base_args = {k: v for k, v in base_args.items() if k in VIEW_ARGS and k in names}
     method_args = {**base_args, **overrides.pop("method_args", {})}
     values.update(overrides)
     values["method_args"] = method_args
