@@ -129,4 +129,4 @@ def test_cli_bench_imagenet_passes_its_flags(monkeypatch, tmp_path):
     code = cli.main(["bench", "--imagenet", "--device", "cpu", "--workers", "3,1", "--arch", "resnet18",
                      "--image-size", "48", "--out", str(tmp_path / "x.json")])
     assert code == 0 and seen["workers"] == (3, 1) and seen["archs"] == ("resnet18",)
-    assert seen["cfg"].image_size == 48 and seen["cfg"].stream and seen["data_root"] is None
+    assert seen["cfg"].image_size == 48 and seen["cfg"].stream and seen.get("data_root") is None
