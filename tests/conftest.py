@@ -14,3 +14,14 @@ def cifar_root() -> str:
     if not CIFAR_ARCHIVE.exists():
         pytest.fail(f"real CIFAR-10 archive not found at {CIFAR_ARCHIVE}; set OSESSL_SHARED to the shared/ folder")
     return str(CIFAR_ARCHIVE.parent)
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    """One intra-op thread for a module of tiny tensors: on a small, busy CPU box more threads only add
+    contention (10x+ slowdowns); restored afterwards. Use with pytestmark = pytest.mark.usefixtures(...)."""
+    import torch
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -21,14 +21,7 @@ SHARED = Path(os.environ.get("OSESSL_SHARED", Path(__file__).resolve().parents[1
 CIFAR_TAR = SHARED / "data/cifar10-jpg.tar.gz"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    # The tensors here are tiny; on a small, busy CPU box intra-op threads only add
-    # contention (10x+ slowdowns), so run this module single-threaded and restore after.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")  # tiny tensors (conftest.py)
 
 
 def gen(seed):

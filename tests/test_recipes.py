@@ -20,13 +20,7 @@ EXPECTED = ("cifar10", "cifar100", "imagenet100", "imagenet1k", "imagenet1k_vit"
 SOURCE = re.compile(r"OSESSL|ReSA|docs/decisions\.md#|paper silent")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny tensors on shared cores: intra-op threads only add contention (seconds per step under load)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")  # tiny tensors (conftest.py)
 
 
 def _build(name: str) -> TrainConfig:
