@@ -21,8 +21,8 @@ NOTEBOOK_DIR = REPO / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
 NAMES = [p.stem for p in NOTEBOOKS]
 SANITIZE = NOTEBOOK_DIR / "nbval_sanitize.cfg"
-REQUIRED = {"quickstart", "table1", "figure3", "clustering", "table6", "table7", "table8", "table9", "table14",
-            "table15", "table16", "figure4", "table17"}
+REQUIRED = {"quickstart", "table1", "table2_3", "figure3", "clustering", "table6", "table7", "table8", "table9",
+            "table14", "table15", "table16", "figure4", "table17"}
 # The whole smoke suite must stay inside the CI budget: 8 minutes on an otherwise idle 2-core CPU for all notebooks
 # (about 3-4 minutes measured). OSESSL_NOTEBOOK_BUDGET_S relaxes it on a machine busy with other work.
 SMOKE_BUDGET_SECONDS = float(os.environ.get("OSESSL_NOTEBOOK_BUDGET_S", 8 * 60))
@@ -237,6 +237,11 @@ def test_smoke_results_content(smoke_run):
     t16 = json.loads((out / "table16" / "table16.json").read_text())
     swapped = next(r for r in t16["rows"] if r["row"] == "tau_s=0.01")
     assert swapped["tau_t"] == 0.01 and swapped["tau_s"] == 0.1  # Table 16's labels read as swapped
+    t23 = json.loads((out / "table2_3" / "table2_3.json").read_text())  # the ImageNet recipes, streamed
+    assert {(r["table"], r["method"]) for r in t23["rows"]} == {(t, m) for t in ("Table 2", "Table 3")
+                                                                for m in ("resa", "osessl")}
+    assert all(isinstance(r.get("linear_top1_ep1", r.get("linear_top1")), float) for r in t23["rows"])
+    assert all(r["paper_linear_top1"] > 70 for r in t23["rows"] if r["table"] == "Table 3")
     f4 = json.loads((out / "figure4" / "figure4.json").read_text())
     assert len(f4["rows"]) == 10 and all(len(r["neighbour_indices"]) == f4["k"] for r in f4["rows"])
     assert (out / "figure3" / "figure3.png").exists() and (out / "figure3" / "figure3.pdf").exists()
