@@ -51,6 +51,10 @@ def test_cli_recipe_imagenet100_pretrains_and_evaluates(tmp_path):
     assert sorted(exemplars["classes"]) == sorted(names) and exemplars["dataset"] == "imagenet100"
     result = json.loads((run / "eval.json").read_text())
     assert result["protocol"] == "imagenet" and result["knn_k"] == 20 and 0 <= result["knn_top1"] <= 100
+    # semi-supervised fine-tuning of the checkpoint on a seeded 10 % split (one image per class here)
+    assert main(["eval", "--run-dir", str(run), "--semisup", "0.1", "--semisup-epochs", "1", "--device", "cpu"]) == 0
+    semi = json.loads((run / "semisup.json").read_text())
+    assert semi["fraction"] == 0.1 and 0 <= semi["top1"] <= 100 and semi["step"] == 2
 
 
 def test_cli_imagefolder_resnet50_pretrains_and_evaluates(tmp_path, folder):
