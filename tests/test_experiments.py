@@ -371,6 +371,9 @@ def test_representations_and_exemplar_neighbours(trained):
     assert nb["pool_neighbours"].shape == (10, 4) and int(nb["pool_neighbours"].max()) < 60
     assert torch.allclose(nb["pool_weights"].sum(1), torch.ones(10))
     assert nb["bank_filled"] == 64 and nb["bank_neighbours"].shape == (10, 4)
+    own = ex.images(train_set, ex.exemplar_indices(result.run_dir))  # Figure 4's exemplars, as for a streamed run
+    again = ex.exemplar_neighbours(method, train_set.images[pool], mean, std, "cpu", k=4, exemplar_images=own)
+    assert torch.equal(again["pool_neighbours"], nb["pool_neighbours"])
     fig = ex.plot_exemplar_grid(method.exemplar_images.cpu(), train_set.images[pool[nb["pool_neighbours"]]],
                                 train_set.classes, train_set.labels[pool[nb["pool_neighbours"]]])
     assert len(fig.axes) == 10 * 5
@@ -417,6 +420,7 @@ def test_finetune_and_timing(trained):
     timing = ex.time_training(exp, cfg, "osessl", warmup_steps=1, measure_steps=2)
     assert timing["measured_steps"] == 2 and timing["images_per_s"] > 0
     assert timing["gpu_peak_memory_gb"] == "n/a" and timing["process_max_rss_gb"] > 0
+    assert timing["streamed"] is False and timing["image_size"] == 32 and timing["dataset"] == "cifar10"
     assert timing["seconds_per_epoch"] == pytest.approx(timing["steps_per_epoch"] * cfg.batch_size / timing["images_per_s"])
 
 
@@ -435,3 +439,78 @@ def test_make_image_folder_from_cifar(tmp_path, cifar_root):
     assert (dest / ".complete.json").stat().st_mtime_ns == marker  # complete: reused, not rebuilt
     with pytest.raises(ValueError, match="unknown CIFAR-10 classes"):
         ex.make_image_folder_from_cifar(tmp_path / "g", classes=["unicorn"])
+
+
+# ---------------------------------------------------------------------------------------------- streamed folders
+
+class _TinyMethod(torch.nn.Module):
+    """What the probes use of a method: eval_encoder() and an eval_projector() with one hidden layer."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.enc = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, stride=4), torch.nn.AdaptiveAvgPool2d(1),
+                                       torch.nn.Flatten())
+        self.proj = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.BatchNorm1d(8), torch.nn.ReLU(),
+                                        torch.nn.Linear(8, 4))
+
+    def eval_encoder(self):
+        return self.enc
+
+    def eval_projector(self):
+        return self.proj
+
+
+@pytest.fixture(scope="module")
+def big_folder(tmp_path_factory):
+    """3 classes x 4 images of 100 px: streamed (> 64 px)."""
+    from osessl_core.data.synthetic import make_image_folder
+    return make_image_folder(tmp_path_factory.mktemp("big"), classes=3, per_class=4, sizes=((100, 80), (80, 100)))
+
+
+def test_split_of_images_and_resolution_for_both_kinds(big_folder):
+    from osessl_core.data.imagefolder import IMAGENET_STATS, eval_view
+    cfg = TrainConfig(dataset="imagefolder", data_root=str(big_folder), image_size=40)
+    train = ex.split_of(cfg, "train")
+    assert ex.is_streamed(train) and len(train) == 12 and train.image_size == 40
+    assert len(ex.split_of(cfg, "test")) == 12  # val/ stands in for test/
+    assert ex.normalization(train) == (tuple(IMAGENET_STATS[0]), tuple(IMAGENET_STATS[1]))
+    assert ex.training_resolution(cfg) == 40 and ex.training_resolution(replace(cfg, image_size=None)) == 224
+    grid = ex.images(train, torch.tensor([[0, 5], [11, 5]]))
+    assert grid.shape == (2, 2, 3, 40, 40) and grid.dtype == torch.uint8
+    assert torch.equal(grid[1, 0], eval_view(train.read(11), 40)) and torch.equal(grid[0, 1], grid[1, 1])
+    assert ex.images(train, [3], 24).shape == (1, 3, 24, 24) and ex.images(train, []).shape == (0, 3, 40, 40)
+    held = _dataset([0, 1, 2], ["a", "b", "c"])
+    assert not ex.is_streamed(held) and torch.equal(ex.images(held, [2, 0]), held.images[[2, 0]])
+    assert ex.images(held, [[0], [1]], 8).shape == (2, 1, 3, 8, 8)
+
+
+def test_knn_transfer_holds_small_folders_and_streams_large_ones(tmp_path, big_folder):
+    from osessl_core.data.synthetic import make_image_folder
+    small = make_image_folder(tmp_path / "small", classes=3, per_class=4, splits=("train", "test"), sizes=((32, 32),))
+    method = _TinyMethod()
+    held = ex.knn_transfer(method, small, (1, 5), "cpu")
+    assert not held["streamed"] and held["image_size"] == 32 and held["n_train"] == held["n_test"] == 12
+    streamed = ex.knn_transfer(method, big_folder, (5, 10, 20), "cpu", train_size=48, workers=0)
+    assert streamed["streamed"] and streamed["image_size"] == 48 and streamed["classes"] == 3
+    assert streamed["knn_k_cap"] == 12 and {"knn5_top1", "knn10_top1", "knn20_top1"} <= set(streamed)
+    assert ex.knn_transfer(method, big_folder, (5,), "cpu", image_size=32, workers=0)["image_size"] == 32
+    for res in (held, streamed):
+        assert all(0 <= v <= 100 for k, v in res.items() if k.startswith("knn") and k.endswith("top1"))
+
+
+def test_finetune_streamed_runs_the_semisup_protocol_and_subset_files(tmp_path, big_folder):
+    cfg = TrainConfig(dataset="imagefolder", data_root=str(big_folder), image_size=32)
+    train, val = ex.split_of(cfg, "train"), ex.split_of(cfg, "val")
+    method = _TinyMethod()
+    before = {k: v.clone() for k, v in method.state_dict().items()}
+    res = ex.finetune(method, train, val, 0.25, epochs=1, batch_size=4, workers=0)
+    assert res["protocol"] == "imagenet" and res["n_labelled"] == 3 and res["size"] == 32  # one per class
+    assert 0 <= res["top1"] <= res["top5"] <= 100 and res["n_val"] == 12
+    assert all(torch.equal(before[k], v) for k, v in method.state_dict().items())  # a copy is fine-tuned
+    subset = tmp_path / "1percent.txt"
+    subset.write_text("\n".join(f.rsplit("/", 1)[-1] for f in train.files[:2]) + "\n")
+    listed = ex.finetune(method, train, val, 0.01, epochs=1, batch_size=4, subset_file=subset, workers=0)
+    assert listed["n_labelled"] == 2 and listed["subset_file"] == str(subset)
+    with pytest.raises(ValueError, match="streamed folder"):
+        ex.finetune(method, _dataset([0, 1], ["a", "b"]), None, 0.5, subset_file=subset)

@@ -6,7 +6,7 @@
 - runner: `start(...)` -> `Experiment` (train through resumable run dirs, write results);
 - results: result files with provenance;       paper: the paper's numbers (paper_numbers.json), `with_paper`;
 - sweeps: the ablation tables' per-(dataset, row) trainings;   plots / display: figures, tables, inline output;
-- probes: features at several depths, evaluation under other labellings, exemplar neighbours (Figure 4);
+- probes: features at several depths, evaluation under other labellings, k-NN transfer (Table 5), Figure 4;
 - finetune: Table 4's semi-supervised protocol;   timing: Table 17's training cost;
 - fixtures: small image folders cut from the CIFAR-10 archive;   quickstart: the README's run, as a notebook's.
 """
@@ -30,6 +30,8 @@ from .results import save_figure, write_results
 from .runner import Experiment, FullBudgetOnCPUError, load_run, start
 from .sweeps import MEASURED, NOT_IMPLEMENTED, mean_std, not_implemented_rows, sweep, sweep_configs
 from .timing import load_bench, peak_memory, time_training
+from .datasets import images, is_streamed, run_evaluation, split_of, training_resolution  # both kinds
+from .probes import frozen_features, knn_transfer
 
 __all__ = [
     "default_data_root", "quickstart",
@@ -49,4 +51,5 @@ __all__ = [
     "Experiment", "FullBudgetOnCPUError", "load_run", "start",
     "MEASURED", "NOT_IMPLEMENTED", "mean_std", "not_implemented_rows", "sweep", "sweep_configs",
     "load_bench", "peak_memory", "time_training",
+    "images", "is_streamed", "run_evaluation", "split_of", "frozen_features", "knn_transfer", "training_resolution",
 ]

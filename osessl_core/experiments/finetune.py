@@ -1,5 +1,11 @@
-"""Table 4's semi-supervised protocol (OSESSL / SimCLRv2): fine-tune a copy of the evaluated network on a
-labelled fraction of the training set, then measure test top-1/top-5."""
+"""Table 4's semi-supervised protocol (OSESSL A.1.2 / SimCLRv2): fine-tune a copy of the evaluated network plus a
+new linear head on a labelled fraction of the training set, then measure test top-1/top-5.
+
+One protocol, two data paths: a streamed folder (ImageNet) goes to the core's `eval.semisup.semisup_finetune`
+(loader crops, SimCLR's subset files, DDP); a device-resident set (CIFAR, small folders) keeps the loop below,
+whose crops are cut on the device from the run's own generator, so its numbers stay what they were. Both share
+the protocol's defaults, the labelled split (`labelled_indices`) and the model (`Classifier`) of eval/semisup.py.
+"""
 from __future__ import annotations
 
 import copy
@@ -9,30 +15,52 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data.exemplars import labelled_fraction
-from .datasets import normalization
+from ..eval.semisup import PROTOCOL, Classifier, labelled_indices
+from .datasets import is_streamed, normalization
 from .probes import eval_network, projector_hidden
 
 
-def finetune(method, train_set, test_set, fraction: float, epochs: int = 30, lr: float = 0.01,
-             batch_size: int = 256, momentum: float = 0.9, weight_decay: float = 0.0, seed: int = 0,
-             device="cpu", projector_hidden_layers: int = 1) -> dict[str, Any]:
+def finetune(method, train_set, test_set, fraction: float | None, epochs: int = PROTOCOL["epochs"],
+             lr: float = PROTOCOL["lr"], batch_size: int = PROTOCOL["batch_size"],
+             momentum: float = PROTOCOL["momentum"], weight_decay: float = PROTOCOL["weight_decay"], seed: int = 0,
+             device="cpu", projector_hidden_layers: int = 1, subset_file=None,
+             workers: int | None = None) -> dict[str, Any]:
     """Fine-tune a copy of the evaluated encoder plus the first `projector_hidden_layers` hidden layers of its
     projection head (1: "the first layer of the projection head", Linear-BN-ReLU in ReSA; 0: the encoder only) and
-    a new linear classifier on `fraction` of the training labels; SGD with a cosine schedule over all steps, weak
-    augmentation (random resized crop + flip). Returns test top-1/top-5 (%)."""
-    from ..data.augment import normalize, weak_view
-    device = torch.device(device)
-    idx = labelled_fraction(train_set.labels, fraction, seed)
-    images, labels = train_set.images[idx].to(device), train_set.labels[idx].to(device)
+    a new linear classifier on `fraction` of the training labels (a seeded class-balanced draw) or, for a streamed
+    folder, on the images a SimCLR `subset_file` (1percent.txt / 10percent.txt) names; SGD with a cosine schedule
+    over all steps, weak augmentation (random resized crop + flip). Returns test top-1/top-5 (%).
+
+    A streamed `train_set` runs eval.semisup.semisup_finetune (crops at the training set's image_size, the test
+    set through the ImageNet test view, bf16 autocast on CUDA, `workers` decoding processes)."""
     head = projector_hidden(method, projector_hidden_layers) if projector_hidden_layers else None
-    body = copy.deepcopy(eval_network(method, head)).float().to(device).eval()
+    body = eval_network(method, head)
+    if is_streamed(train_set):
+        from ..eval.semisup import semisup_finetune
+        device = torch.device(device)
+        res = semisup_finetune(body, train_set, test_set, fraction=None if subset_file else fraction,
+                               subset_file=subset_file, epochs=epochs, lr=lr, batch_size=batch_size,
+                               momentum=momentum, weight_decay=weight_decay, size=train_set.image_size, seed=seed,
+                               device=device, amp=device.type == "cuda", workers=workers)
+        return {"protocol": "imagenet", **res}
+    if subset_file is not None:
+        raise ValueError("subset files name the images of a streamed folder; a resident set takes a fraction")
+    return _finetune_resident(body, train_set, test_set, fraction, epochs, lr, batch_size, momentum, weight_decay,
+                              seed, torch.device(device))
+
+
+def _finetune_resident(body, train_set, test_set, fraction, epochs, lr, batch_size, momentum, weight_decay, seed,
+                       device) -> dict[str, Any]:
+    from ..data.augment import normalize, weak_view
+    idx = labelled_indices(train_set, fraction, seed=seed)
+    images, labels = train_set.images[idx].to(device), train_set.labels[idx].to(device)
+    body = copy.deepcopy(body).float().to(device).eval()
     with torch.no_grad():  # eval mode: probing the output width must not touch the BN statistics
         out_dim = body(torch.zeros(2, *images.shape[1:], device=device)).shape[1]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         classifier = nn.Linear(out_dim, train_set.num_classes)
-    model = nn.Sequential(body, classifier).to(device)
+    model = Classifier(body, classifier).to(device)
     for p in model.parameters():
         p.requires_grad_(True)
     mean, std = normalization(train_set)
@@ -64,5 +92,6 @@ def finetune(method, train_set, test_set, fraction: float, epochs: int = 30, lr:
             correct1 += (top[:, 0] == y).sum().item()
             correct5 += (top == y[:, None]).any(1).sum().item()
     n = len(test_set)
-    return {"fraction": fraction, "n_labelled": len(idx), "epochs": epochs, "lr": lr, "batch_size": bs,
-            "top1": 100.0 * correct1 / n, "top5": 100.0 * correct5 / n, "final_train_loss": float(loss.detach())}
+    return {"protocol": "resident", "fraction": fraction, "n_labelled": len(idx), "epochs": epochs, "lr": lr,
+            "batch_size": bs, "top1": 100.0 * correct1 / n, "top5": 100.0 * correct5 / n,
+            "final_train_loss": float(loss.detach())}

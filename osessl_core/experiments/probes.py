@@ -1,6 +1,7 @@
 """Probing a trained model: features at several depths of the evaluated network, the core's k-NN / linear
-evaluation under other labellings, and OSESSL's exemplar neighbours (Figure 4). Only a method's public
-eval_encoder() / eval_projector() are used for the networks, so any head layout works."""
+evaluation under other labellings, frozen-feature k-NN transfer to other folders (Table 5), and OSESSL's exemplar
+neighbours (Figure 4). Only a method's public eval_encoder() / eval_projector() are used for the networks, so any
+head layout works."""
 from __future__ import annotations
 
 from typing import Any
@@ -10,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import TrainConfig
+from .datasets import is_streamed, normalization, split_of
 
 # Element-wise non-linearities: each one closes a hidden layer of a projection head (Linear [-norm] -activation).
 ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.GELU, nn.SiLU, nn.Mish, nn.ELU, nn.SELU, nn.CELU,
@@ -79,14 +81,65 @@ def evaluate_views(method, cfg: TrainConfig, views: dict[str, tuple], device) ->
     return out
 
 
+def frozen_features(encoder: nn.Module, ds, device, workers: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(features [N, D] on the CPU, labels [N]) of every image of `ds` in order, as the core's evaluation takes
+    them: a resident set with extract_features and its eval normalisation (float32); a streamed folder with
+    stream_features (ImageNet test view at ds.image_size, bf16 autocast on CUDA, stored as float16)."""
+    from ..eval import extract_features
+    if is_streamed(ds):
+        from ..eval.streaming import stream_features
+        device = torch.device(device)
+        return stream_features(encoder, ds, size=ds.image_size, device=device, amp=device.type == "cuda",
+                               dtype=torch.float16, workers=workers)
+    mean, std = normalization(ds)
+    return extract_features(encoder, ds.images, mean, std, device=device), ds.labels
+
+
+def knn_transfer(method, root, ks=(5, 10, 20), device="cpu", image_size: int | None = None, train_size: int = 224,
+                 dataset: str = "imagefolder", stream: bool | None = None,
+                 workers: int | None = None) -> dict[str, Any]:
+    """Table 5's frozen-feature transfer: weighted k-NN (cosine, exp(cos / 0.07); eval.knn.knn_accuracies) of the
+    evaluated encoder's features on `root`'s test split (val/ if it has no test/), its train split the bank.
+
+    A folder of small images is decoded once and held (resized on load to `image_size` if given); one that streams
+    (engine.batches.streams: images > 64 px, the ImageNet sets, or stream=True) is read per batch through the
+    ImageNet test view at `image_size`, default `train_size`: the model's training resolution
+    (`training_resolution(cfg)` of its run). A k above the number of training images is capped at it
+    (`knn_k_cap`). Returns n_train, n_test, classes, streamed, image_size, source and knn<k>_top1 for each k."""
+    from dataclasses import replace
+
+    from ..engine.batches import streams
+    from ..eval.knn import knn_accuracies
+    cfg = TrainConfig(dataset=dataset, data_root=str(root), stream=stream)
+    streamed = streams(cfg)
+    cfg = replace(cfg, image_size=image_size or (train_size if streamed else None))
+    train_set, test_set = split_of(cfg, "train"), split_of(cfg, "test")
+    encoder = method.eval_encoder()
+    train_f, train_y = frozen_features(encoder, train_set, device, workers)
+    test_f, test_y = frozen_features(encoder, test_set, device, workers)
+    capped = {int(k): min(int(k), len(train_f)) for k in ks}
+    acc = knn_accuracies(train_f, train_y, test_f, test_y, ks=sorted(set(capped.values())), device=device,
+                         num_classes=train_set.num_classes)
+    out: dict[str, Any] = {"n_train": len(train_set), "n_test": len(test_set), "classes": train_set.num_classes,
+                           "streamed": streamed, "image_size": int(test_set.image_size if streamed
+                                                                   else test_set.images.shape[-1]),
+                           "source": str(train_set.root if streamed else train_set.source)}
+    if any(c != k for k, c in capped.items()):
+        out["knn_k_cap"] = len(train_f)
+    out.update({f"knn{k}_top1": acc[c] for k, c in capped.items()})
+    return out
+
+
 @torch.no_grad()
 def exemplar_neighbours(method, pool_images: torch.Tensor, mean, std, device, k: int | None = None,
-                        alpha: float | None = None) -> dict[str, Any]:
+                        alpha: float | None = None, exemplar_images: torch.Tensor | None = None) -> dict[str, Any]:
     """Eq. 2 neighbours of each exemplar among a pool of images, all embedded by the momentum network (OSESSL).
 
     The memory bank only stores embeddings, not which image each came from, so to show neighbour images the
     pool is embedded here (eval mode, unaugmented) and ranked with the same discriminative score and the same
     eq. 4 weights as in training. Also returns the prototypes' neighbours in the trained memory bank itself.
+    exemplar_images: uint8 [C, 3, S, S] at the pool's size (e.g. `images(train_set, exemplars)` of a streamed run,
+    whose method holds its exemplars at the larger crop size); default the method's own exemplar images.
     """
     from ..losses import exemplar_prototypes
     if not all(hasattr(method, a) for a in ("exemplar_images", "memory")):
@@ -94,7 +147,8 @@ def exemplar_neighbours(method, pool_images: torch.Tensor, mean, std, device, k:
                         "OSESSL's (eq. 2)")
     p = method.params
     k, alpha = k or p.k, p.alpha if alpha is None else alpha
-    z_l = momentum_embeddings(method, method.exemplar_images.cpu(), mean, std, device)
+    ex_images = method.exemplar_images.cpu() if exemplar_images is None else exemplar_images
+    z_l = momentum_embeddings(method, ex_images, mean, std, device)
     z_pool = momentum_embeddings(method, pool_images, mean, std, device)
     _, weights, neighbours = exemplar_prototypes(z_l, z_pool, k=k, alpha=alpha)
     bank = method.memory

@@ -13,6 +13,7 @@ import torch
 
 from ..config import TrainConfig
 from .configs import run_dir_for
+from .datasets import is_streamed
 from .paths import resolve_path
 
 if TYPE_CHECKING:
@@ -31,7 +32,9 @@ def time_training(exp: Experiment, cfg: TrainConfig, label: str, warmup_steps: i
     """A fresh short run: `warmup_steps` (compilation, cudnn autotuning) then `measure_steps` timed steps.
 
     Returns images/s and seconds per epoch over the measured steps (from the trainer's metrics rows, which
-    include the per-epoch checkpoint writes that fall inside them) and peak memory.
+    include the per-epoch checkpoint writes that fall inside them) and peak memory. A streamed folder (ImageNet)
+    times the real streamed loop: loader workers decoding and cropping each batch (cfg.loader_workers,
+    cfg.decode), so its images/s is what the input pipeline and the step together sustain.
     """
     from ..engine import Trainer
     # Log (and so time) in intervals that end exactly where the warm-up ends.
@@ -43,12 +46,17 @@ def time_training(exp: Experiment, cfg: TrainConfig, label: str, warmup_steps: i
     if trainer.device.type == "cuda":
         torch.cuda.synchronize(trainer.device)
         torch.cuda.reset_peak_memory_stats(trainer.device)
-    result = trainer.fit()
+    try:
+        result = trainer.fit()
+    finally:
+        trainer.close()  # the run directory's lock and a streamed folder's loader workers
     rows = [r for r in result.metrics if r["step"] > warmup_steps]
     seconds = sum(r["seconds"] for r in rows)
     images = sum(r["steps"] for r in rows) * cfg.batch_size
     ips = images / seconds if seconds > 0 else None
-    return {"method": cfg.method, "measured_steps": sum(r["steps"] for r in rows), "batch_size": cfg.batch_size,
+    return {"method": cfg.method, "dataset": cfg.dataset, "arch": cfg.arch, "image_size": trainer.data.image_size,
+            "streamed": is_streamed(trainer.train_set),
+            "measured_steps": sum(r["steps"] for r in rows), "batch_size": cfg.batch_size,
             "images_per_s": ips, "seconds_per_epoch": trainer.steps_per_epoch * cfg.batch_size / ips if ips else None,
             "steps_per_epoch": trainer.steps_per_epoch, **peak_memory(trainer.device)}
 
