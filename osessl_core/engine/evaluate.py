@@ -14,7 +14,7 @@ from ..eval import extract_features, knn_accuracy, linear_probe
 
 def eval_normalization(train_set) -> tuple:
     # ReSA/INTL quirk (docs/decisions.md#d-eval-2): CIFAR-100 features are extracted with the CIFAR-10 mean/std.
-    if train_set.name in ("cifar10", "cifar100"):
+    if getattr(train_set, "name", None) in ("cifar10", "cifar100"):  # streamed folders: their own statistics
         return NORMALIZATION["cifar10"]
     return train_set.mean, train_set.std
 

@@ -10,7 +10,7 @@ centre crop 224). The labelled split is SimCLR's (Chen et al. 2020, as ReSA says
 10percent.txt is given, else a seeded class-balanced draw (see `labelled_indices`).
 
 `semisup_finetune` is the streamed twin of experiments.finetune (same protocol, same defaults, the same
-labelled_fraction split); it takes the network to fine-tune (e.g. experiments.momentum_network(method, 3):
+labelled_fraction split); it takes the network to fine-tune (e.g. experiments.eval_network(method, experiments.projector_hidden(method, 1)):
 the momentum encoder + the projector's first Linear-BN-ReLU) instead of a method.
 """
 from __future__ import annotations
