@@ -150,10 +150,14 @@ def cmd_bench_imagenet(ns, device, tiny: bool) -> int:
              "data_root": ns.data_root}  # no --data-root: a generated ImageNet-shaped folder
     kw.update({k: v for k, v in given.items() if v is not None})
     out = ns.out or f"results/bench/imagenet-{'tiny-' if tiny else ''}{device.type}.json"
+    import torch
+    threads = torch.get_num_threads()
     if device.type == "cpu":  # OpenMP threads beside the loader's worker processes on the same cores thrash
-        import torch
         torch.set_num_threads(1)
-    res = run_imagenet_bench(cfg, compile_on_cpu=ns.compile_on_cpu, out=out, **kw)
+    try:
+        res = run_imagenet_bench(cfg, compile_on_cpu=ns.compile_on_cpu, out=out, **kw)
+    finally:
+        torch.set_num_threads(threads)  # main() may run in a caller's process (tests, notebooks)
     print(json.dumps(res["ratios"], indent=2))
     print(f"written: {out}")
     return 0

@@ -117,6 +117,8 @@ def test_generate_folder_writes_parts_in_parallel_and_merges_them(tmp_path):
 
 def test_cli_bench_imagenet_passes_its_flags(monkeypatch, tmp_path):
     """`bench --imagenet` wiring: the tiny CPU configuration, the flags as run_imagenet_bench's arguments."""
+    import torch
+
     from osessl_core import cli
     from osessl_core.engine import bench
     seen = {}
@@ -126,7 +128,9 @@ def test_cli_bench_imagenet_passes_its_flags(monkeypatch, tmp_path):
         return {"ratios": {}}
 
     monkeypatch.setattr(bench, "run_imagenet_bench", fake)
+    threads = torch.get_num_threads()
     code = cli.main(["bench", "--imagenet", "--device", "cpu", "--workers", "3,1", "--arch", "resnet18",
                      "--image-size", "48", "--out", str(tmp_path / "x.json")])
     assert code == 0 and seen["workers"] == (3, 1) and seen["archs"] == ("resnet18",)
     assert seen["cfg"].image_size == 48 and seen["cfg"].stream and seen.get("data_root") is None
+    assert torch.get_num_threads() == threads  # the caller's process is left as it was
