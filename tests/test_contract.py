@@ -40,9 +40,11 @@ class RecordingBatch(Batch):
         return super().view(augment, generator)
 
 
+pytestmark = pytest.mark.usefixtures("single_thread")  # tiny tensors (conftest.py); restored afterwards
+
+
 @pytest.fixture(scope="module", params=sorted(METHODS))
 def built(request):
-    torch.set_num_threads(1)
     method, images = build(request.param)
     batch = RecordingBatch(torch.arange(B), B, 0, images=images[:B])
     views = method.make_views(batch, StepRandom.create(0, torch.device("cpu")))

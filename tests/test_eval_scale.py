@@ -126,7 +126,10 @@ def real_loader():
 def standin_loader(request, monkeypatch):
     if "real_loader" not in request.fixturenames:
         install_standins(lambda k, v: monkeypatch.setitem(sys.modules, k, v))
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)  # 2 shared cores: no oversubscription between the forked ranks
+    yield
+    torch.set_num_threads(threads)  # later modules compare bit-exactly against 2-thread subprocesses
 
 
 def tiny_encoder(seed=0, bn=True):
