@@ -60,6 +60,7 @@ def build_torchvision_resnet(arch: str, stem: dict[str, Any] | None = None) -> n
 
 def export_encoder(run_dir: str | Path, out: str | Path) -> dict[str, Any]:
     """Write the run's evaluated encoder and its card; return the card."""
+    from .engine.evaluate import evaluated_network
     from .engine.trainer import load_run
     run_dir, out = Path(run_dir), Path(out)
     trainer = load_run(run_dir, device="cpu")
@@ -72,11 +73,10 @@ def export_encoder(run_dir: str | Path, out: str | Path) -> dict[str, Any]:
     state = {torchvision_key(k): v.detach().cpu().clone() for k, v in encoder.state_dict().items()}
     atomic_write_bytes(out, lambda f: torch.save(state, f))
     evaluation = json.loads((run_dir / "eval.json").read_text()) if (run_dir / "eval.json").exists() else {}
-    network = next((n for n, m in trainer.method.named_modules() if m is encoder), "")
     card = {
         "format": CARD_FORMAT, "weights": out.name, "sha256": hashlib.sha256(out.read_bytes()).hexdigest(),
         "torchvision_constructor": cfg.arch, "stem": stem, "feature_dim": encoder.out_dim,
-        "method": cfg.method, "network": network.replace("_", " "), "dataset": cfg.dataset, "epochs": cfg.epochs,
+        "method": cfg.method, "network": evaluated_network(trainer.method), "dataset": cfg.dataset, "epochs": cfg.epochs,
         "step": trainer.step, "seed": cfg.seed,
         "knn_top1": evaluation.get("knn_top1"), "linear_top1": evaluation.get("linear_top1"),
         "trained_at": json.loads((run_dir / "provenance.json").read_text()) if (run_dir / "provenance.json").exists()
